@@ -1,0 +1,3 @@
+"""rlhfkit: align language models with human feedback."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Pure tensor functions: losses, log-probs, KL, advantages. Imports only torch."""

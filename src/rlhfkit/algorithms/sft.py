@@ -1,0 +1,26 @@
+"""Supervised fine-tuning loss: next-token negative log-likelihood on labelled tokens."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count of next-token NLL over labelled positions.
+
+    ``L = -sum_t [y_{t+1} != -100] * log p(y_{t+1} | y_<=t)``, the causal-LM
+    objective of GPT / InstructGPT SFT with the prompt masked out (labels set to
+    ``-100`` on prompt and padding tokens). ``logits[:, t]`` predicts
+    ``labels[:, t + 1]``. Returns ``(sum, count)`` so callers can normalise over
+    any number of micro-batches and processes.
+    """
+    shift_logits = logits[:, :-1, :].reshape(-1, logits.size(-1))
+    shift_labels = labels[:, 1:].reshape(-1)
+    total = F.cross_entropy(
+        shift_logits.float(), shift_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    count = (shift_labels != IGNORE_INDEX).sum()
+    return total, count

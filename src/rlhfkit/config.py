@@ -1,0 +1,254 @@
+"""Stage configs: dataclasses loaded from YAML, CLI options and ``--set key=value``.
+
+Precedence, lowest first: the dataclass defaults, the YAML file, the CLI's
+named options, then ``--set`` overrides. Unknown keys and bad values raise a
+:class:`ConfigError` naming the key. Keys are flat (``learning_rate``, not
+``train.learning_rate``), as in TRL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rlhfkit.errors import ConfigError, InputNotFoundError
+
+T = TypeVar("T")
+
+SCHEDULERS = ("cosine", "linear", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Keys every training stage shares; they drive :mod:`rlhfkit.training.loop`."""
+
+    out: str = ""
+    learning_rate: float = 2e-5
+    batch_size: int = 8  # per device, per micro-batch
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0  # > 0 overrides warmup_ratio
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0  # <= 0 disables clipping
+    precision: str = "fp32"
+    seed: int = 42
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end
+    save_every: int = 0  # 0: no intermediate checkpoints
+    keep_checkpoints: int = 2
+    tensorboard: bool = False
+    cpu: bool = False  # force the CPU even when a GPU is present
+
+    def validate(self) -> None:
+        positive = ("batch_size", "grad_accum", "log_every", "keep_checkpoints")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(
+                    f"key '{key}': expected an integer >= 1, got {getattr(self, key)}"
+                )
+        if self.learning_rate <= 0:
+            raise ConfigError(
+                f"key 'learning_rate': expected a number > 0, got {self.learning_rate}"
+            )
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError("key 'epochs': expected a number > 0 (or set 'max_steps' > 0)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"key 'warmup_ratio': expected 0 <= x < 1, got {self.warmup_ratio}")
+        _choice(self, "scheduler", SCHEDULERS)
+        _choice(self, "precision", PRECISIONS)
+        if not self.out:
+            raise ConfigError("key 'out': expected the run folder (--out DIR), got nothing")
+
+
+def _choice(cfg: Any, key: str, choices: tuple[str, ...]) -> None:
+    value = getattr(cfg, key)
+    if value not in choices:
+        raise ConfigError(f"key '{key}': expected one of {', '.join(choices)}, got {value!r}")
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["lr=1e-3", "packing=true"]`` -> ``{"lr": 0.001, "packing": True}`` (YAML scalars)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {pair!r}: value is not valid YAML ({e})") from e
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path}: not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config {path}: expected a mapping of key: value, got {type(data).__name__}"
+        )
+    return data
+
+
+def build_config(
+    cls: type[T],
+    yaml_path: str | Path | None = None,
+    cli: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> T:
+    """Merge defaults < YAML < CLI options (None = not given) < ``--set``, check, validate."""
+    values: dict[str, Any] = {}
+    if yaml_path:
+        values.update(read_yaml(yaml_path))
+    values.update({k: v for k, v in (cli or {}).items() if v is not None})
+    values.update(parse_overrides(overrides))
+    cfg = from_dict(cls, values)
+    validate = getattr(cfg, "validate", None)
+    if validate:
+        validate()
+    return cfg
+
+
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown key '{key}' for {cls.__name__}{hint}")
+        kwargs[key] = coerce(key, value, hints[key])
+    return cls(**kwargs)
+
+
+def coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's type, converting the safe cases (int -> float,
+    "1e-3" -> 0.001, a comma-separated string -> list)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"key '{key}': expected a list, got {value!r}")
+        return [coerce(key, v, item) for v in value]
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"key '{key}': expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"key '{key}': expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"key '{key}': expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"key '{key}': expected a string, got {value!r}")
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return from_dict(hint, value)  # type: ignore[arg-type]
+    return value
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+@dataclasses.dataclass
+class ModelKeys:
+    """Keys of stages that load a causal LM and tokenize conversations."""
+
+    model: str = ""
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    template: str = "auto"  # auto | default | plain | a Jinja string | a file
+    max_length: int = 1024
+    lora_r: int = 0  # > 0: train LoRA adapters (peft) instead of all weights
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = dataclasses.field(default_factory=lambda: ["all-linear"])
+
+    def validate_model(self) -> None:
+        if not self.model:
+            raise ConfigError(
+                "key 'model': expected a model folder or hub name (--model), got nothing"
+            )
+        if self.max_length < 2:
+            raise ConfigError(f"key 'max_length': expected an integer >= 2, got {self.max_length}")
+        if self.lora_r < 0:
+            raise ConfigError(f"key 'lora_r': expected an integer >= 0, got {self.lora_r}")
+
+
+@dataclasses.dataclass
+class SFTConfig(ModelKeys, TrainConfig):
+    """``rlhfkit sft``: supervised fine-tuning on demonstrations, loss on completions only."""
+
+    data: str = ""
+    eval_data: str | None = None
+    eval_fraction: float = 0.05  # held out from ``data`` when ``eval_data`` is not given
+    split: str = "train"  # split of a Hugging Face dataset
+    packing: bool = False
+    skip_invalid: bool = False
+
+    def validate(self) -> None:
+        TrainConfig.validate(self)
+        self.validate_model()
+        if not self.data:
+            raise ConfigError("key 'data': expected a data file or dataset (--data), got nothing")
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"key 'eval_fraction': expected 0 <= x < 1, got {self.eval_fraction}")

@@ -1,0 +1,1 @@
+"""Models: loading/saving Hugging Face checkpoints and building tiny ones."""

@@ -1,0 +1,1 @@
+"""Rollouts: sampling completions from a policy (and, later, scoring them)."""

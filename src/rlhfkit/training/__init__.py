@@ -1,0 +1,1 @@
+"""The shared training loop and the stages built on it."""

@@ -1,0 +1,326 @@
+"""The one training loop every stage uses, on ``accelerate``.
+
+A stage hands it an :class:`Objective` (how a batch becomes a loss), the
+model, and its examples. The loop owns everything else: devices and
+processes, precision, the optimizer and LR schedule, gradient accumulation and
+clipping, seeds, periodic evaluation, progress, ``metrics.jsonl``, atomic
+checkpoints and exact resume, and the final ``from_pretrained`` folder.
+
+Loss normalisation: an objective returns the *sum* of its per-item losses and
+says how many items a batch holds (tokens for SFT, pairs for DPO). The loop
+counts the items of the whole optimizer step (all micro-batches on all
+processes) first and divides by that, so gradient accumulation and data
+parallelism give the same gradient as one big batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from rlhfkit.config import TrainConfig
+from rlhfkit.errors import ConfigError
+from rlhfkit.models.loading import save_pretrained_atomic
+from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.training.tracking import MetricsWriter, Progress
+
+log = logging.getLogger("rlhfkit")
+
+
+@dataclass
+class LossOutput:
+    """``loss``: the sum of per-item losses in the batch (a scalar tensor with grad).
+    ``metrics``: other per-item sums to report as means (same item count)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    def count(self, batch: dict[str, Any]) -> int:
+        """The number of items ``loss`` sums over in ``batch``."""
+        ...
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput: ...
+
+    def eval_summary(self, means: dict[str, float]) -> dict[str, float]:
+        """Derived eval metrics (for example perplexity) from the eval means."""
+        ...
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A seeded permutation per epoch: the data order depends on (seed, epoch) only,
+    so a resumed run sees exactly the batches the uninterrupted one would."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
+    if cfg.precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
+        raise ConfigError("key 'precision': fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    return Accelerator(mixed_precision=mp, cpu=cfg.cpu)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norm weights (1-D parameters)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters")
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_eps,
+    )
+
+
+def build_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
+    from transformers import get_scheduler
+
+    warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * total_steps)
+    name = {"constant": "constant_with_warmup"}.get(cfg.scheduler, cfg.scheduler)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    train_loss: float
+    eval: dict[str, float]
+    final_dir: Path
+    seconds: float
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        objective: Objective,
+        train_data: Sequence[Any],
+        collate: Callable[[list[Any]], dict[str, Any]],
+        eval_data: Sequence[Any] | None = None,
+        name: str = "train",
+        accelerator: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.objective = objective
+        self.tokenizer = tokenizer
+        self.collate = collate
+        self.eval_data = eval_data or []
+        self.name = name
+        self.out = Path(cfg.out)
+        self.accelerator = accelerator or make_accelerator(cfg)
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.seed)
+        acc = self.accelerator
+        self.sampler = EpochSampler(len(train_data), cfg.seed)
+        loader = torch.utils.data.DataLoader(
+            train_data,  # type: ignore[arg-type]
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            collate_fn=collate,
+        )
+        optimizer = build_optimizer(model, cfg)
+        self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
+        micro_per_epoch = len(self.loader)
+        if micro_per_epoch == 0:
+            raise ConfigError("no training batches: the training set is empty")
+        self.steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+        if cfg.max_steps > 0:
+            self.total_steps = cfg.max_steps
+        else:
+            self.total_steps = max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        # Not passed to prepare(): accelerate would step it once per process.
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        acc.register_for_checkpointing(self.scheduler)
+
+    # -- one optimizer step -------------------------------------------------
+    def _global_sum(self, value: float) -> float:
+        t = torch.tensor(float(value), device=self.accelerator.device, dtype=torch.float64)
+        return float(self.accelerator.reduce(t, reduction="sum").item())
+
+    def _step(self, micro: list[dict[str, Any]]) -> dict[str, float]:
+        acc, model = self.accelerator, self.model
+        n_global = self._global_sum(sum(self.objective.count(b) for b in micro))
+        scale = acc.num_processes / max(n_global, 1.0)
+        loss_sum = 0.0
+        metric_sums: dict[str, float] = {}
+        tokens = 0
+        model.train()
+        for i, batch in enumerate(micro):
+            sync = i == len(micro) - 1
+            with nullcontext() if sync else acc.no_sync(model), acc.autocast():
+                out = self.objective.loss(model, batch)
+                acc.backward(out.loss * scale)
+            loss_sum += float(out.loss.detach())
+            for k, v in out.metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+            mask = batch.get("attention_mask")
+            tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        grad_norm = None
+        if self.cfg.max_grad_norm > 0:
+            grad_norm = acc.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = {"loss": self._global_sum(loss_sum) / max(n_global, 1.0)}
+        for k, v in metric_sums.items():
+            stats[k] = self._global_sum(v) / max(n_global, 1.0)
+        stats["tokens"] = self._global_sum(tokens)
+        stats["items"] = n_global
+        if grad_norm is not None:
+            stats["grad_norm"] = float(grad_norm)
+        return stats
+
+    # -- evaluation ---------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss and metric means over the eval set, each process taking every n-th example."""
+        if not self.eval_data:
+            return {}
+        acc = self.accelerator
+        model = self.model
+        model.eval()
+        mine = [
+            self.eval_data[i]
+            for i in range(acc.process_index, len(self.eval_data), acc.num_processes)
+        ]
+        sums: dict[str, float] = {"loss": 0.0}
+        n_local = 0.0
+        bs = self.cfg.batch_size
+        for start in range(0, len(mine), bs):
+            batch = self.collate(mine[start : start + bs])
+            batch = {k: v.to(acc.device) if hasattr(v, "to") else v for k, v in batch.items()}
+            with acc.autocast():
+                out = self.objective.loss(model, batch)
+            n_local += self.objective.count(batch)
+            sums["loss"] += float(out.loss)
+            for k, v in out.metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        n = self._global_sum(n_local)
+        means = {k: self._global_sum(v) / max(n, 1.0) for k, v in sorted(sums.items())}
+        means.update(self.objective.eval_summary(means))
+        return {f"eval_{k}": v for k, v in means.items()}
+
+    # -- the loop -----------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        cfg, acc = self.cfg, self.accelerator
+        ckpt_root = self.out / "checkpoints"
+        step = 0
+        writer = None
+        if acc.is_main_process:
+            tb = self.out / "tensorboard" if cfg.tensorboard else None
+            writer = MetricsWriter(self.out / "metrics.jsonl", tb)
+        if resume:
+            path = latest_checkpoint(ckpt_root)
+            if path is not None:
+                state = load_checkpoint(acc, path)
+                step = int(state["step"])
+                log.info("resumed from %s (step %d)", path, step)
+                if writer:
+                    writer.truncate_after(step)
+        elif writer and writer.path.exists():
+            writer.path.unlink()
+
+        t0 = time.perf_counter()
+        window: dict[str, float] = {}
+        window_steps = 0
+        window_t = time.perf_counter()
+        last_eval: dict[str, float] = {}
+        train_loss = float("nan")
+        progress = Progress(self.total_steps, self.name, acc.is_main_process, start=step)
+        try:
+            while step < self.total_steps:
+                epoch, in_epoch = divmod(step, self.steps_per_epoch)
+                self.sampler.set_epoch(epoch)
+                if hasattr(self.loader, "set_epoch"):
+                    self.loader.set_epoch(epoch)
+                skip = in_epoch * cfg.grad_accum
+                loader = acc.skip_first_batches(self.loader, skip) if skip else self.loader
+                batches = iter(loader)
+                while step < self.total_steps:
+                    micro = list(islice(batches, cfg.grad_accum))
+                    if not micro:
+                        break
+                    stats = self._step(micro)
+                    step += 1
+                    train_loss = stats["loss"]
+                    for k, v in stats.items():
+                        window[k] = window.get(k, 0.0) + v
+                    window_steps += 1
+                    do_eval = cfg.eval_every > 0 and step % cfg.eval_every == 0
+                    last = step == self.total_steps
+                    if do_eval or (last and self.eval_data):
+                        last_eval = self.evaluate()
+                    if step % cfg.log_every == 0 or do_eval or last:
+                        elapsed = time.perf_counter() - window_t
+                        record = self._window_record(window, window_steps, elapsed)
+                        record = {"step": step, "epoch": step / self.steps_per_epoch, **record}
+                        record["lr"] = self.scheduler.get_last_lr()[0]
+                        if do_eval or last:
+                            record.update(last_eval)
+                        if writer:
+                            writer.write(record)
+                        window, window_steps, window_t = {}, 0, time.perf_counter()
+                    progress.update(step, {"loss": train_loss, **_short(last_eval)})
+                    if cfg.save_every > 0 and step % cfg.save_every == 0 and not last:
+                        state = {
+                            "step": step,
+                            "epoch": epoch,
+                            "micro_batches_done": (in_epoch + 1) * cfg.grad_accum,
+                        }
+                        save_checkpoint(acc, ckpt_root, step, state, cfg.keep_checkpoints)
+                    in_epoch += 1
+        finally:
+            progress.close()
+            if writer:
+                writer.close()
+        final_dir = self.out / "final"
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_pretrained_atomic(acc.unwrap_model(self.model), self.tokenizer, final_dir)
+        acc.wait_for_everyone()
+        return TrainResult(step, train_loss, last_eval, final_dir, time.perf_counter() - t0)
+
+    def _window_record(self, window: dict[str, float], n: int, seconds: float) -> dict[str, float]:
+        tokens = window.pop("tokens", 0.0)
+        window.pop("items", None)
+        rec = {k: v / max(n, 1) for k, v in window.items()}
+        rec["tokens_per_s"] = tokens / seconds if seconds > 0 else 0.0
+        return rec
+
+
+def _short(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k == "eval_loss"}
