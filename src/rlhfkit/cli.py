@@ -58,7 +58,6 @@ def _setup_logging(level: int) -> None:
         handler = RichHandler(show_path=False, show_time=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-    logger.propagate = False
 
 
 def _run(fn: Callable[[], Any]) -> Any:
@@ -102,9 +101,13 @@ def sft(
 
 
 def _summary(stage: str, result: Any) -> None:
+    from accelerate import PartialState
+
     from rlhfkit.training.loop import TrainResult
 
     assert isinstance(result, TrainResult)
+    if not PartialState().is_main_process:
+        return
     parts = [
         f"{stage}: {result.steps} steps in {result.seconds:.1f}s",
         f"train loss {result.train_loss:.4f}",

@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 42
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate only at the end
+    eval_on_start: bool = False  # also evaluate the initial model (logged at step 0)
     save_every: int = 0  # 0: no intermediate checkpoints
     keep_checkpoints: int = 2
     tensorboard: bool = False

@@ -105,17 +105,19 @@ def field_issue(location: Location, field: str, expected: str, got: Any) -> Data
 
 
 class DataError(RlhfkitError):
-    """One or more bad input records. Reports up to ``MAX_REPORTED`` at once."""
+    """One or more bad input records. Shows up to ``MAX_REPORTED`` issues at once;
+    a record may have several issues, and "... and N more" counts records."""
 
     exit_code = EX_DATAERR
 
-    def __init__(self, issues: list[DataIssue], total: int | None = None, hint: str = "") -> None:
+    def __init__(self, issues: list[DataIssue], hint: str = "") -> None:
         self.issues = list(issues)
-        self.total = total if total is not None else len(self.issues)
+        self.total = len({i.location for i in self.issues})  # bad records
         shown = self.issues[:MAX_REPORTED]
         lines = [str(i) for i in shown]
-        if self.total > len(shown):
-            lines.append(f"... and {self.total - len(shown)} more bad record(s)")
+        more = self.total - len({i.location for i in shown})
+        if more > 0:
+            lines.append(f"... and {more} more bad record(s)")
         if hint:
             lines.append(hint)
         super().__init__("\n".join(lines))

@@ -260,6 +260,10 @@ class Trainer:
         window_t = time.perf_counter()
         last_eval: dict[str, float] = {}
         train_loss = float("nan")
+        if cfg.eval_on_start and step == 0 and self.eval_data:
+            last_eval = self.evaluate()
+            if writer:
+                writer.write({"step": 0, **last_eval})
         progress = Progress(self.total_steps, self.name, acc.is_main_process, start=step)
         try:
             while step < self.total_steps:

@@ -52,17 +52,16 @@ def split_eval(records: list, fraction: float, seed: int) -> tuple[list, list]:
 
 def run_sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; writes the run folder ``cfg.out``."""
-    accelerator = make_accelerator(cfg)
-    prepare_run_dir(cfg, accelerator, resume=resume, overwrite=overwrite)
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    template = resolve_template(tokenizer, cfg.template)
-
     records = load_records(cfg.data, "sft", split=cfg.split, skip_invalid=cfg.skip_invalid).records
     if cfg.eval_data:
         train_recs = records
         eval_recs = load_records(cfg.eval_data, "sft", skip_invalid=cfg.skip_invalid).records
     else:
         train_recs, eval_recs = split_eval(records, cfg.eval_fraction, cfg.seed)
+    accelerator = make_accelerator(cfg)
+    prepare_run_dir(cfg, accelerator, resume=resume, overwrite=overwrite)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    template = resolve_template(tokenizer, cfg.template)
     train, stats = tokenize_sft(train_recs, tokenizer, template, cfg.max_length)
     stats.report("train", cfg.max_length)
     evals, estats = tokenize_sft(eval_recs, tokenizer, template, cfg.max_length)

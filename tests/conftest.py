@@ -1,0 +1,49 @@
+"""Shared fixtures: the built-in task, tiny models built once per session, data files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhfkit.demo.task import Task
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def task() -> Task:
+    return Task()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, task) -> Path:
+    """A small Llama (hidden 96, 2 layers) with a BPE tokenizer trained on the task."""
+    from rlhfkit.models.tiny import TinySpec, build_tiny
+
+    return build_tiny(
+        tmp_path_factory.mktemp("tiny-llama"), TinySpec(hidden=96, layers=2), task.corpus()
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory, task) -> Path:
+    from rlhfkit.models.tiny import TinySpec, build_tiny
+
+    spec = TinySpec(arch="gpt2", hidden=96, layers=2)
+    return build_tiny(tmp_path_factory.mktemp("tiny-gpt2"), spec, task.corpus())
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory, task) -> Path:
+    """3,000 noisy demonstrations of the built-in task, in prompt/answer form."""
+    rows = [
+        {"prompt": r.messages[0].content, "answer": r.messages[1].content}
+        for r in task.demonstrations(3000, seed=0)
+    ]
+    return write_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", rows)
