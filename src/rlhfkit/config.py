@@ -8,8 +8,11 @@ named options, then ``--set`` overrides. Unknown keys and bad values raise a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -60,11 +63,11 @@ class TrainConfig:
                 raise ConfigError(
                     f"key '{key}': expected an integer >= 1, got {getattr(self, key)}"
                 )
-        if self.learning_rate <= 0:
+        if not 0 < self.learning_rate < math.inf:
             raise ConfigError(
                 f"key 'learning_rate': expected a number > 0, got {self.learning_rate}"
             )
-        if self.max_steps <= 0 and self.epochs <= 0:
+        if self.max_steps <= 0 and not 0 < self.epochs < math.inf:
             raise ConfigError("key 'epochs': expected a number > 0 (or set 'max_steps' > 0)")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"key 'warmup_ratio': expected 0 <= x < 1, got {self.warmup_ratio}")
@@ -90,7 +93,9 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {pair!r}: value is not valid YAML ({e})") from e
+            if raw.lstrip().startswith("["):
+                raise ConfigError(f"--set {pair!r}: value is not valid YAML ({e})") from e
+            out[key.strip()] = raw  # not YAML (a Jinja template, say): the text itself
     return out
 
 
@@ -174,6 +179,8 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
         raise ConfigError(f"key '{key}': expected true or false, got {value!r}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -187,19 +194,22 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
                 pass
         raise ConfigError(f"key '{key}': expected an integer, got {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"key '{key}': expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None or math.isnan(number):
+            raise ConfigError(f"key '{key}': expected a number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, datetime.date):  # YAML reads 2024-01-01 as a date
+            return value.isoformat()
         raise ConfigError(f"key '{key}': expected a string, got {value!r}")
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
         return from_dict(hint, value)  # type: ignore[arg-type]

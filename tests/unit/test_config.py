@@ -119,6 +119,12 @@ def test_parse_overrides_bad_yaml() -> None:
         parse_overrides(["lora_target_modules=[a, b"])
 
 
+def test_parse_overrides_keeps_non_yaml_text() -> None:
+    jinja = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert parse_overrides([f"template={jinja}"]) == {"template": jinja}
+    assert sft(["out=2024-01-01"]).out == "2024-01-01"
+
+
 def test_set_scientific_string_coerces_to_float() -> None:
     # PyYAML (YAML 1.1) reads "1e-3" as a string; the float field coerces it.
     assert parse_overrides(["learning_rate=1e-3"]) == {"learning_rate": "1e-3"}
@@ -139,6 +145,11 @@ def test_set_int_into_float_and_integral_float_into_int() -> None:
     [("true", True), ("false", False), ("yes", True), ("no", False), ("'1'", True), ("'0'", False)],
 )
 def test_set_bools(raw: str, expected: bool) -> None:
+    assert sft([f"packing={raw}"]).packing is expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("0", False)])
+def test_set_bool_as_unquoted_digit(raw: str, expected: bool) -> None:
     assert sft([f"packing={raw}"]).packing is expected
 
 
@@ -190,7 +201,7 @@ def test_unknown_key_in_yaml(tmp_path: Path) -> None:
 
 
 def test_nested_style_key_is_unknown() -> None:
-    with pytest.raises(ConfigError, match="unknown key 'train.learning_rate'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.learning_rate'"):
         sft(["train.learning_rate=0.1"])
 
 
@@ -249,6 +260,15 @@ def test_from_dict_without_validation() -> None:
 )
 def test_validate_rejects_bad_values(pair: str, key: str) -> None:
     with pytest.raises(ConfigError, match=f"^key '{key}': "):
+        sft([pair])
+
+
+@pytest.mark.parametrize(
+    ("pair", "key"),
+    [("learning_rate=.nan", "learning_rate"), ("epochs=.nan", "epochs"), ("epochs=.inf", "epochs")],
+)
+def test_validate_rejects_non_finite_numbers(pair: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
         sft([pair])
 
 

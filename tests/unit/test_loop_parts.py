@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -151,7 +152,7 @@ def test_cosine_with_warmup() -> None:
     assert lrs[6] == pytest.approx(0.5)
     assert lrs[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 2 / 8)))
     assert lrs[10] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[2:]))
 
 
 def test_cosine_without_warmup_starts_at_peak() -> None:

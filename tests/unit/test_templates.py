@@ -204,11 +204,11 @@ def test_default_template_rendering_and_mask(tok) -> None:
         "User: Compute 7 * 8.\nAssistant: 56<|endoftext|>\n"
     )
     assert render(tok, template, [Q1], add_generation_prompt=True) == (
-        "User: What is 2 + 3?\nAssistant: "
+        "User: What is 2 + 3?\nAssistant:"
     )
     ex = tokenize_conversation(tok, template, TWO_TURNS, max_length=128)
     # each span covers the turn and what the template ends it with (EOS and newline)
-    assert [tok.decode(r) for r in label_runs(ex)] == ["5<|endoftext|>\n", "56<|endoftext|>\n"]
+    assert [tok.decode(r) for r in label_runs(ex)] == [" 5<|endoftext|>\n", " 56<|endoftext|>\n"]
 
 
 def test_plain_template_rendering_and_mask(tok) -> None:
@@ -220,15 +220,6 @@ def test_plain_template_rendering_and_mask(tok) -> None:
     assert [tok.decode(r) for r in label_runs(ex)] == ["5<|endoftext|>", "56<|endoftext|>"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "src bug: DEFAULT_TEMPLATE's generation prompt ends with a space ('Assistant: '), "
-        "and a byte-level BPE merges that space into the first word of the reply ('Ġthe'). "
-        "The token starts before the assistant span, so tokenize_conversation masks it and "
-        "the first word of every word-initial reply is never learned."
-    ),
-)
 def test_default_template_labels_the_first_word_of_the_reply(tok) -> None:
     template = resolve_template(tok, "default")
     msgs = [Message("user", "What is 2 + 3?"), Message("assistant", "the answer is 5.")]
@@ -238,7 +229,7 @@ def test_default_template_labels_the_first_word_of_the_reply(tok) -> None:
 
 
 def test_non_prefix_consistent_template_is_rejected(tok) -> None:
-    with pytest.raises(ConfigError, match="key 'template'.*prefix"):
+    with pytest.raises(ConfigError, match=r"key 'template'.*prefix"):
         tokenize_conversation(tok, REVERSED_TEMPLATE, [Q1, A1], max_length=128)
 
 

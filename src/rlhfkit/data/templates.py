@@ -7,8 +7,9 @@ with EOS. Any other value is a Jinja template, inline or as a file path.
 
 Tokens of assistant turns are found by rendering the conversation up to each
 assistant turn (with and without the generation prompt) and mapping those
-character spans onto the tokens through the fast tokenizer's offsets, so the
-mask is right for any template that renders prefixes consistently.
+character spans onto the tokens through the fast tokenizer's offsets (a token
+that overlaps a span is labelled), so the mask is right for any template that
+renders prefixes consistently.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ DEFAULT_TEMPLATE = (
     "{% elif m['role'] == 'assistant' %}Assistant: {{ m['content'] }}{{ eos_token }}\n"
     "{% else %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}Assistant: {% endif %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 PLAIN_TEMPLATE = (
     "{% for m in messages %}{{ m['content'] }}"
@@ -122,7 +123,10 @@ def tokenize_conversation(
     ids: list[int] = enc["input_ids"]
     labels = [IGNORE_INDEX] * len(ids)
     for t, (start, end) in enumerate(enc["offset_mapping"]):
-        if end > start and any(s <= start < e for s, e in spans):
+        # A token that overlaps an assistant span is learned, including one that
+        # starts before it (byte-level BPE merges the space before a reply's
+        # first word into that word's token).
+        if end > start and any(start < e and end > s for s, e in spans):
             labels[t] = ids[t]
     return truncate(TokenizedExample(ids, labels), max_length)
 

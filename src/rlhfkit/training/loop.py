@@ -52,8 +52,9 @@ class Objective(Protocol):
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput: ...
 
-    def eval_summary(self, means: dict[str, float]) -> dict[str, float]:
-        """Derived eval metrics (for example perplexity) from the eval means."""
+    def derived(self, means: dict[str, float]) -> dict[str, float]:
+        """Metrics computed from the logged means (for example perplexity from loss),
+        for training windows and evaluation alike."""
         ...
 
 
@@ -83,7 +84,24 @@ def make_accelerator(cfg: TrainConfig):
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
     if cfg.precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
         raise ConfigError("key 'precision': fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    _reset_if_single_process()
     return Accelerator(mixed_precision=mp, cpu=cfg.cpu)
+
+
+def _reset_if_single_process() -> None:
+    """Let one process run several stages with different settings (the demo pipeline).
+
+    accelerate keeps its state in a per-process singleton that refuses a second
+    ``mixed_precision``. Outside a launched multi-process job nothing else shares
+    that state, so it is reset between stages; under ``accelerate launch`` each
+    job runs one stage and the state is left alone.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    if not AcceleratorState._shared_state:
+        return
+    if PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -231,7 +249,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v)
         n = self._global_sum(n_local)
         means = {k: self._global_sum(v) / max(n, 1.0) for k, v in sorted(sums.items())}
-        means.update(self.objective.eval_summary(means))
+        means.update(self.objective.derived(means))
         return {f"eval_{k}": v for k, v in means.items()}
 
     # -- the loop -----------------------------------------------------------
@@ -322,6 +340,7 @@ class Trainer:
         tokens = window.pop("tokens", 0.0)
         window.pop("items", None)
         rec = {k: v / max(n, 1) for k, v in window.items()}
+        rec.update(self.objective.derived(rec))
         rec["tokens_per_s"] = tokens / seconds if seconds > 0 else 0.0
         return rec
 

@@ -36,7 +36,7 @@ class SFTObjective:
         total, _ = token_nll_sum(logits, batch["labels"])
         return LossOutput(total)
 
-    def eval_summary(self, means: dict[str, float]) -> dict[str, float]:
+    def derived(self, means: dict[str, float]) -> dict[str, float]:
         return {"ppl": math.exp(min(means["loss"], 50.0))}
 
 
