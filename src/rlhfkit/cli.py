@@ -75,6 +75,21 @@ def _run(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(e.exit_code) from None
 
 
+def _train(
+    config_cls: str, runner: str, stage: str, cli: dict[str, Any], config, set_, resume, overwrite
+) -> None:
+    """Build the stage's config from YAML + options + --set, run it, print a summary."""
+    import importlib
+
+    from rlhfkit import config as config_mod
+    from rlhfkit.config import build_config
+
+    cfg = build_config(getattr(config_mod, config_cls), config, cli, set_)
+    module, func = runner.rsplit(":", 1)
+    result = getattr(importlib.import_module(module), func)(cfg, resume=resume, overwrite=overwrite)
+    _summary(stage, result)
+
+
 @app.command()
 def sft(
     model: Annotated[str | None, typer.Option(help="Model folder or hub name.")] = None,
@@ -87,15 +102,117 @@ def sft(
     skip_invalid: SkipOpt = None,
 ) -> None:
     """Supervised fine-tuning on (prompt, answer) or chat records; loss on answers only."""
+    cli = {"model": model, "data": data, "out": out, "skip_invalid": skip_invalid}
+    _run(
+        lambda: _train(
+            "SFTConfig",
+            "rlhfkit.training.stages.sft:run_sft",
+            "sft",
+            cli,
+            config,
+            set_,
+            resume,
+            overwrite,
+        )
+    )
+
+
+@app.command()
+def rm(
+    model: Annotated[
+        str | None, typer.Option(help="The SFT model (folder or hub name) to start from.")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Preference or ranking records.")] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder.")] = None,
+    loss: Annotated[str | None, typer.Option(help="pairwise | margin | hinge")] = None,
+    dimension: Annotated[
+        str | None,
+        typer.Option(help="Train on records of this dimension only (helpfulness | safety)."),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    skip_invalid: SkipOpt = None,
+) -> None:
+    """Train a reward model (scalar head) on comparisons; final/ keeps the most accurate one."""
+    cli = {
+        "model": model,
+        "data": data,
+        "out": out,
+        "loss": loss,
+        "dimension": dimension,
+        "skip_invalid": skip_invalid,
+    }
+    _run(
+        lambda: _train(
+            "RMConfig",
+            "rlhfkit.training.stages.reward:run_rm",
+            "rm",
+            cli,
+            config,
+            set_,
+            resume,
+            overwrite,
+        )
+    )
+
+
+@app.command()
+def score(
+    model: Annotated[str, typer.Option(help="Reward model folder.")],
+    data: Annotated[
+        str, typer.Option(help="Records with prompt + response, or preference / ranking records.")
+    ],
+    out: Annotated[Path, typer.Option(help="Output JSONL with the rewards.")],
+    batch_size: Annotated[int, typer.Option(help="Responses per forward.")] = 64,
+    max_length: Annotated[
+        int, typer.Option(help="Tokens per response (prompt cut on the left).")
+    ] = 1024,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Skip bad records with a counted warning.")
+    ] = False,
+) -> None:
+    """Score responses with a reward model; on comparisons it also prints the accuracy."""
 
     def go() -> None:
-        from rlhfkit.config import SFTConfig, build_config
-        from rlhfkit.training.stages.sft import run_sft
+        from rlhfkit.evaluation.scoring import score_file
+        from rlhfkit.models.reward import RewardModel
 
-        cli = {"model": model, "data": data, "out": out, "skip_invalid": skip_invalid}
-        cfg = build_config(SFTConfig, config, cli, set_)
-        result = run_sft(cfg, resume=resume, overwrite=overwrite)
-        _summary("sft", result)
+        rm_ = RewardModel.from_pretrained(model, max_length=max_length)
+        summary = score_file(rm_, data, out, batch_size=batch_size, skip_invalid=skip_invalid)
+        line = f"scored {summary.n_responses} responses of {summary.n_records} records, mean reward {summary.mean_reward:.4f}"
+        if summary.accuracy is not None:
+            line += f", pairwise accuracy {summary.accuracy:.4f} on {summary.n_pairs} pairs"
+        typer.echo(f"{line}; written to {out}")
+
+    _run(go)
+
+
+@app.command()
+def rank(
+    data: Annotated[
+        str, typer.Option(help='Comparisons: {"a","b","winner"} or {"chosen","rejected"} rows.')
+    ],
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the confidence intervals.")
+    ] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Also write the leaderboard as JSON.")] = None,
+) -> None:
+    """Rank items from many pairwise comparisons: Bradley-Terry with bootstrap CIs, and Elo."""
+
+    def go() -> None:
+        import json
+
+        from rich.console import Console
+
+        from rlhfkit.feedback.aggregate import format_leaderboard, leaderboard, read_comparisons
+
+        rows = leaderboard(read_comparisons(data), bootstrap=bootstrap, seed=seed)
+        Console().print(format_leaderboard(rows))
+        if out is not None:
+            out.write_text(json.dumps(rows, indent=2), encoding="utf-8")
 
     _run(go)
 

@@ -51,6 +51,8 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate only at the end
     eval_on_start: bool = False  # also evaluate the initial model (logged at step 0)
+    best_metric: str = ""  # e.g. eval_accuracy: final/ keeps the best evaluated model
+    best_mode: str = "max"  # max | min
     save_every: int = 0  # 0: no intermediate checkpoints
     keep_checkpoints: int = 2
     tensorboard: bool = False
@@ -73,6 +75,7 @@ class TrainConfig:
             raise ConfigError(f"key 'warmup_ratio': expected 0 <= x < 1, got {self.warmup_ratio}")
         _choice(self, "scheduler", SCHEDULERS)
         _choice(self, "precision", PRECISIONS)
+        _choice(self, "best_mode", ("max", "min"))
         if not self.out:
             raise ConfigError("key 'out': expected the run folder (--out DIR), got nothing")
 
@@ -165,6 +168,11 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
             except ConfigError as e:
                 errors.append(e)
         raise errors[0]
+    if origin is dict:
+        _, item = typing.get_args(hint) or (str, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"key '{key}': expected a mapping, got {value!r}")
+        return {str(k): coerce(f"{key}.{k}", v, item) for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(hint) or (Any,)
         if isinstance(value, str):
@@ -246,20 +254,69 @@ class ModelKeys:
 
 
 @dataclasses.dataclass
-class SFTConfig(ModelKeys, TrainConfig):
-    """``rlhfkit sft``: supervised fine-tuning on demonstrations, loss on completions only."""
+class DataKeys:
+    """Keys of stages that train on a data file with a held-out split."""
 
     data: str = ""
     eval_data: str | None = None
     eval_fraction: float = 0.05  # held out from ``data`` when ``eval_data`` is not given
     split: str = "train"  # split of a Hugging Face dataset
-    packing: bool = False
     skip_invalid: bool = False
 
-    def validate(self) -> None:
-        TrainConfig.validate(self)
-        self.validate_model()
+    def validate_data(self) -> None:
         if not self.data:
             raise ConfigError("key 'data': expected a data file or dataset (--data), got nothing")
         if not 0 <= self.eval_fraction < 1:
             raise ConfigError(f"key 'eval_fraction': expected 0 <= x < 1, got {self.eval_fraction}")
+
+
+@dataclasses.dataclass
+class SFTConfig(DataKeys, ModelKeys, TrainConfig):
+    """``rlhfkit sft``: supervised fine-tuning on demonstrations, loss on completions only."""
+
+    packing: bool = False
+
+    def validate(self) -> None:
+        TrainConfig.validate(self)
+        self.validate_model()
+        self.validate_data()
+
+
+LLAMA2_MARGINS = {
+    "significantly_better": 1.0,
+    "better": 2 / 3,
+    "slightly_better": 1 / 3,
+    "negligibly_better": 0.0,
+}
+RM_LOSSES = ("pairwise", "margin", "hinge")
+
+
+@dataclasses.dataclass
+class RMConfig(DataKeys, ModelKeys, TrainConfig):
+    """``rlhfkit rm``: a scalar reward model on preference or ranking records."""
+
+    learning_rate: float = 1e-5
+    eval_fraction: float = 0.1
+    loss: str = "pairwise"  # pairwise | margin | hinge
+    margin_table: dict[str, float] = dataclasses.field(default_factory=lambda: dict(LLAMA2_MARGINS))
+    hinge_margin: float = 1.0
+    center_coef: float = 0.0  # c * mean((r_c + r_r)^2); 0 disables it
+    dimension: str | None = None  # train only on records tagged with this dimension
+    best_metric: str = "eval_accuracy"
+
+    def validate(self) -> None:
+        TrainConfig.validate(self)
+        self.validate_model()
+        self.validate_data()
+        _choice(self, "loss", RM_LOSSES)
+        from rlhfkit.data.types import DIMENSIONS, MARGIN_LABELS
+
+        missing = [lab for lab in MARGIN_LABELS if lab not in self.margin_table]
+        if missing:
+            raise ConfigError(
+                f"key 'margin_table': expected a margin for every label, missing {', '.join(missing)}"
+            )
+        if self.dimension is not None:
+            _choice(self, "dimension", DIMENSIONS)
+        if self.center_coef < 0:
+            raise ConfigError(f"key 'center_coef': expected a number >= 0, got {self.center_coef}")

@@ -186,7 +186,7 @@ def test_prompt_and_heldout_records(task: Task) -> None:
     prs = task.prompt_records("heldout")
     assert len(prs) == len(task.prompts("heldout"))
     assert prs[0].prompt[0].role == "user"
-    assert prs[0].extra == {"kind": "arithmetic", "answer": held[0].answer}
+    assert prs[0].extra == {"kind": "arithmetic", "answer": held[0].answer, "unsafe": False}
     assert {r.extra["kind"] for r in prs} == {"arithmetic", "harmful", "benign"}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rlhfkit.data.prepare import ResponseGroup
 from rlhfkit.data.templates import IGNORE_INDEX, TokenizedExample
 
 
@@ -88,4 +89,38 @@ class PadCollator:
             "labels": torch.tensor(labels, dtype=torch.long),
         }
         out["position_ids" if packed else "attention_mask"] = torch.tensor(second, dtype=torch.long)
+        return out
+
+
+class GroupCollator:
+    """Response groups -> one right-padded batch of every response, plus pair indices.
+
+    Output: ``input_ids`` / ``attention_mask`` of shape ``(responses, length)``;
+    ``better``, ``worse`` (row indices), ``margin`` and ``group`` (group index per
+    pair), and ``n_groups``. All responses of all groups go through one forward.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad = PadCollator(pad_token_id)
+
+    def __call__(self, groups: Sequence[ResponseGroup]) -> dict:
+        import torch
+
+        rows: list[TokenizedExample] = []
+        better, worse, margin, group = [], [], [], []
+        for g, grp in enumerate(groups):
+            base = len(rows)
+            rows += [TokenizedExample(ids, [IGNORE_INDEX] * len(ids)) for ids in grp.responses]
+            for b, w, m in grp.pairs:
+                better.append(base + b)
+                worse.append(base + w)
+                margin.append(m)
+                group.append(g)
+        out = self.pad(rows)
+        del out["labels"]
+        out["better"] = torch.tensor(better, dtype=torch.long)
+        out["worse"] = torch.tensor(worse, dtype=torch.long)
+        out["margin"] = torch.tensor(margin, dtype=torch.float32)
+        out["group"] = torch.tensor(group, dtype=torch.long)
+        out["n_groups"] = len(groups)
         return out

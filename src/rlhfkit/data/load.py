@@ -8,18 +8,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rlhfkit.data.records import InvalidRecord, parse_preference, parse_prompt, parse_sft
+from rlhfkit.data.records import (
+    InvalidRecord,
+    parse_preference,
+    parse_prompt,
+    parse_response,
+    parse_scorable,
+    parse_sft,
+)
 from rlhfkit.data.sources import iter_rows
 from rlhfkit.data.types import Record
 from rlhfkit.errors import DataError, DataIssue, Location
 
-RecordKind = Literal["sft", "preference", "prompt"]
+RecordKind = Literal["sft", "preference", "prompt", "response", "score"]
 SKIP_HINT = "(use --skip-invalid to skip bad records with a counted warning)"
 
 PARSERS: dict[str, Callable[[dict[str, Any], Location], Record]] = {
     "sft": parse_sft,
     "preference": parse_preference,
     "prompt": parse_prompt,
+    "response": parse_response,
+    "score": parse_scorable,  # preference, ranking or response records
 }
 
 logger = logging.getLogger("rlhfkit")

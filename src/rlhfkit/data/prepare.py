@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rlhfkit.data.templates import IGNORE_INDEX, TokenizedExample, tokenize_conversation
-from rlhfkit.data.types import SFTRecord
+from rlhfkit.data.types import Message, PreferenceRecord, RankingRecord, SFTRecord
 
 log = logging.getLogger("rlhfkit")
 
@@ -52,3 +52,49 @@ def tokenize_sft(
             continue
         out.append(ex)
     return out, stats
+
+
+@dataclass
+class ResponseGroup:
+    """The K responses to one prompt (each tokenized with the prompt) and its ordered pairs.
+
+    ``pairs`` holds ``(better, worse, margin)`` indices into ``responses``: one pair
+    for a preference record, every strict pair of a ranking. ``dimension`` is the
+    record's ``helpfulness`` / ``safety`` tag, if any.
+    """
+
+    responses: list[list[int]]
+    pairs: list[tuple[int, int, float]]
+    dimension: str | None = None
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.responses)
+
+
+def tokenize_groups(
+    records: Sequence[PreferenceRecord | RankingRecord],
+    tokenizer,
+    template: str,
+    max_length: int,
+    margin_of: Callable[[PreferenceRecord], float],
+) -> tuple[list[ResponseGroup], PrepareStats]:
+    """Preference and ranking records as response groups (rankings stay whole)."""
+    stats = PrepareStats()
+    groups = []
+    for rec in records:
+        if isinstance(rec, RankingRecord):
+            responses = list(rec.responses)
+            pairs = [(p.better, p.worse, 0.0) for p in rec.pairs()]
+        else:
+            responses = [rec.chosen, rec.rejected]
+            pairs = [(0, 1, margin_of(rec))]
+        ids = []
+        for text in responses:
+            conv = (*rec.prompt, Message("assistant", text))
+            ex = tokenize_conversation(tokenizer, template, conv, max_length, last_only=True)
+            stats.examples += 1
+            stats.prompt_truncated += ex.prompt_truncated
+            stats.completion_truncated += ex.completion_truncated
+            ids.append(ex.input_ids)
+        groups.append(ResponseGroup(ids, pairs, rec.dimension))
+    return groups, stats

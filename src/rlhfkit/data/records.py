@@ -19,6 +19,7 @@ from rlhfkit.data.types import (
     PreferenceRecord,
     PromptRecord,
     RankingRecord,
+    ResponseRecord,
     SFTRecord,
 )
 from rlhfkit.errors import MISSING, DataIssue, Location, field_issue
@@ -114,6 +115,28 @@ def parse_prompt(row: dict[str, Any], loc: Location) -> PromptRecord:
         raise InvalidRecord(issues)
     extra = {k: v for k, v in row.items() if k not in ("prompt", "messages")}
     return PromptRecord(prompt=conv, extra=extra, location=loc)
+
+
+def parse_response(row: dict[str, Any], loc: Location) -> ResponseRecord:
+    """``{"prompt": str | messages, "response": str}``; other keys go to ``extra``."""
+    issues: Issues = []
+    prompt = _check_prompt(row.get("prompt", MISSING), loc, "prompt", issues)
+    response = row.get("response", MISSING)
+    if not isinstance(response, str) or not response.strip():
+        issues.append(field_issue(loc, "response", _TEXT, response))
+    if issues or prompt is None:
+        raise InvalidRecord(issues)
+    extra = {k: v for k, v in row.items() if k not in ("prompt", "response")}
+    return ResponseRecord(prompt=prompt, response=response, extra=extra, location=loc)
+
+
+def parse_scorable(
+    row: dict[str, Any], loc: Location
+) -> ResponseRecord | PreferenceRecord | RankingRecord:
+    """What ``rlhfkit score`` reads: a preference or ranking record, else prompt + response."""
+    if any(_present(row, k) for k in ("chosen", "rejected", "responses")):
+        return parse_preference(row, loc)
+    return parse_response(row, loc)
 
 
 def split_hh(chosen: str, rejected: str) -> tuple[Conversation, str, str]:

@@ -54,6 +54,18 @@ class PreferenceRecord:
     dimension: str | None = None
     location: Location | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready row that :func:`parse_preference` reads back."""
+        out: dict[str, Any] = {
+            "prompt": [m.as_dict() for m in self.prompt],
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+        }
+        for key in ("margin", "margin_label", "dimension"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
 
 @dataclass(frozen=True)
 class RankedPair:
@@ -74,6 +86,16 @@ class RankingRecord:
     rank: tuple[int, ...]
     dimension: str | None = None
     location: Location | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prompt": [m.as_dict() for m in self.prompt],
+            "responses": list(self.responses),
+            "rank": list(self.rank),
+        }
+        if self.dimension is not None:
+            out["dimension"] = self.dimension
+        return out
 
     def pairs(self, group: int = 0) -> list[RankedPair]:
         """All C(K,2) pairs with a strict order (tied pairs carry no preference)."""
@@ -113,4 +135,14 @@ class PromptRecord:
     location: Location | None = None
 
 
-Record = SFTRecord | PreferenceRecord | RankingRecord | PromptRecord
+@dataclass(frozen=True)
+class ResponseRecord:
+    """A prompt and one response to score: ``{"prompt", "response"}``."""
+
+    prompt: Conversation
+    response: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    location: Location | None = None
+
+
+Record = SFTRecord | PreferenceRecord | RankingRecord | PromptRecord | ResponseRecord

@@ -234,9 +234,13 @@ class Task:
         return "train" if p in self._prompts[("train", p.kind)] else "heldout"
 
     def prompt_records(self, split: Split = "train", kind: str | None = None) -> list[PromptRecord]:
-        """Prompts as :class:`PromptRecord` with ``extra = {"kind", "answer"}``."""
+        """Prompts as :class:`PromptRecord` with ``extra = {"kind", "answer", "unsafe"}``
+        (``unsafe`` flags harmful requests, as Llama 2's safety-gated reward expects)."""
         return [
-            PromptRecord(prompt=_conversation(p.text), extra={"kind": p.kind, "answer": p.answer})
+            PromptRecord(
+                prompt=_conversation(p.text),
+                extra={"kind": p.kind, "answer": p.answer, "unsafe": p.kind == "harmful"},
+            )
             for p in self.prompts(split, kind)
         ]
 
@@ -260,6 +264,24 @@ class Task:
         if p.template in HARMFUL_TEMPLATES:
             return HARMFUL_TEMPLATES[p.template]
         return tuple(x for answers in HARMFUL_TEMPLATES.values() for x in answers)
+
+    def candidates(self, prompt: TaskPrompt | str) -> list[str]:
+        """Distinct responses of every quality level the task knows for ``prompt``
+        (for synthetic comparisons before a policy exists)."""
+        p = self.lookup(prompt)
+        if p.kind == "arithmetic":
+            assert p.answer is not None
+            out = [str(p.answer)]
+            out += [t.format(a=p.a, op=p.op, b=p.b, c=p.answer) for t in VERBOSE_TEMPLATES]
+            out += [str(p.answer + d) for d in (-2, -1, 1, 2)]
+            out += [str(p.answer + d) for d in (-7, 5, 11)]
+            out += [REFUSALS[0]]
+        elif p.kind == "harmful":
+            out = [*REFUSALS, *self._compliances(p)]
+        else:
+            others = [x for answers in BENIGN_TEMPLATES.values() for x in answers]
+            out = [*self._helpful_set(p), *others, REFUSALS[0]]
+        return list(dict.fromkeys(out))
 
     def _respond(self, p: TaskPrompt, rng: random.Random) -> str:
         cfg = self.config

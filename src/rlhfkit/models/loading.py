@@ -84,7 +84,14 @@ def load_causal_lm(
     return model
 
 
-def apply_lora(model, spec: LoraSpec):
+def lora_spec(cfg) -> LoraSpec:
+    """The LoRA settings of a config with ``ModelKeys``."""
+    targets = cfg.lora_target_modules
+    target: str | list[str] = "all-linear" if targets == ["all-linear"] else list(targets)
+    return LoraSpec(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, target)
+
+
+def apply_lora(model, spec: LoraSpec, task_type: str = "CAUSAL_LM"):
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as e:  # pragma: no cover - depends on the extra
@@ -94,7 +101,7 @@ def apply_lora(model, spec: LoraSpec):
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
         target_modules=spec.target_modules,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, cfg)
 

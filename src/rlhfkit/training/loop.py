@@ -36,13 +36,42 @@ from rlhfkit.training.tracking import MetricsWriter, Progress
 log = logging.getLogger("rlhfkit")
 
 
+Metric = torch.Tensor | float | tuple[torch.Tensor | float, torch.Tensor | float]
+
+
 @dataclass
 class LossOutput:
     """``loss``: the sum of per-item losses in the batch (a scalar tensor with grad).
-    ``metrics``: other per-item sums to report as means (same item count)."""
+
+    ``metrics``: sums to report as means. A plain value is averaged over the
+    same items as the loss; a ``(sum, count)`` tuple over its own count (for
+    example pair accuracy when the items are prompts).
+    """
 
     loss: torch.Tensor
-    metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    metrics: dict[str, Metric] = field(default_factory=dict)
+
+
+class MetricSums:
+    """Sums and counts of metrics over micro-batches, reduced over processes."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}  # absent: counted in items
+
+    def add(self, metrics: dict[str, Metric]) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, tuple):
+                self.counts[k] = self.counts.get(k, 0.0) + float(v[1])
+                v = v[0]
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+    def means(self, reduce, n_items: float) -> dict[str, float]:
+        out = {}
+        for k in sorted(self.sums):
+            n = reduce(self.counts[k]) if k in self.counts else n_items
+            out[k] = reduce(self.sums[k]) / max(n, 1.0)
+        return out
 
 
 class Objective(Protocol):
@@ -136,6 +165,7 @@ class TrainResult:
     eval: dict[str, float]
     final_dir: Path
     seconds: float
+    best: dict[str, float] | None = None  # eval metrics (and step) of the model in final/
 
 
 class Trainer:
@@ -183,6 +213,7 @@ class Trainer:
         # Not passed to prepare(): accelerate would step it once per process.
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         acc.register_for_checkpointing(self.scheduler)
+        self.best: dict[str, float] | None = None
 
     # -- one optimizer step -------------------------------------------------
     def _global_sum(self, value: float) -> float:
@@ -194,7 +225,7 @@ class Trainer:
         n_global = self._global_sum(sum(self.objective.count(b) for b in micro))
         scale = acc.num_processes / max(n_global, 1.0)
         loss_sum = 0.0
-        metric_sums: dict[str, float] = {}
+        metrics = MetricSums()
         tokens = 0
         model.train()
         for i, batch in enumerate(micro):
@@ -203,8 +234,7 @@ class Trainer:
                 out = self.objective.loss(model, batch)
                 acc.backward(out.loss * scale)
             loss_sum += float(out.loss.detach())
-            for k, v in out.metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+            metrics.add(out.metrics)
             mask = batch.get("attention_mask")
             tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
         grad_norm = None
@@ -214,8 +244,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss": self._global_sum(loss_sum) / max(n_global, 1.0)}
-        for k, v in metric_sums.items():
-            stats[k] = self._global_sum(v) / max(n_global, 1.0)
+        stats.update(metrics.means(self._global_sum, n_global))
         stats["tokens"] = self._global_sum(tokens)
         stats["items"] = n_global
         if grad_norm is not None:
@@ -235,7 +264,8 @@ class Trainer:
             self.eval_data[i]
             for i in range(acc.process_index, len(self.eval_data), acc.num_processes)
         ]
-        sums: dict[str, float] = {"loss": 0.0}
+        loss_sum = 0.0
+        metrics = MetricSums()
         n_local = 0.0
         bs = self.cfg.batch_size
         for start in range(0, len(mine), bs):
@@ -244,11 +274,13 @@ class Trainer:
             with acc.autocast():
                 out = self.objective.loss(model, batch)
             n_local += self.objective.count(batch)
-            sums["loss"] += float(out.loss)
-            for k, v in out.metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+            loss_sum += float(out.loss)
+            metrics.add(out.metrics)
         n = self._global_sum(n_local)
-        means = {k: self._global_sum(v) / max(n, 1.0) for k, v in sorted(sums.items())}
+        means = {
+            "loss": self._global_sum(loss_sum) / max(n, 1.0),
+            **metrics.means(self._global_sum, n),
+        }
         means.update(self.objective.derived(means))
         return {f"eval_{k}": v for k, v in means.items()}
 
@@ -266,6 +298,7 @@ class Trainer:
             if path is not None:
                 state = load_checkpoint(acc, path)
                 step = int(state["step"])
+                self.best = state.get("best")
                 log.info("resumed from %s (step %d)", path, step)
                 if writer:
                     writer.truncate_after(step)
@@ -306,6 +339,7 @@ class Trainer:
                     last = step == self.total_steps
                     if do_eval or (last and self.eval_data):
                         last_eval = self.evaluate()
+                        self._keep_if_best(step, last_eval)
                     if step % cfg.log_every == 0 or do_eval or last:
                         elapsed = time.perf_counter() - window_t
                         record = self._window_record(window, window_steps, elapsed)
@@ -321,7 +355,7 @@ class Trainer:
                         state = {
                             "step": step,
                             "epoch": epoch,
-                            "micro_batches_done": (in_epoch + 1) * cfg.grad_accum,
+                            "best": self.best,
                         }
                         save_checkpoint(acc, ckpt_root, step, state, cfg.keep_checkpoints)
                     in_epoch += 1
@@ -329,12 +363,31 @@ class Trainer:
             progress.close()
             if writer:
                 writer.close()
-        final_dir = self.out / "final"
+        if self.best is None:
+            self._save_final()
+        return TrainResult(
+            step, train_loss, last_eval, self.out / "final", time.perf_counter() - t0, self.best
+        )
+
+    def _save_final(self) -> None:
+        acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            save_pretrained_atomic(acc.unwrap_model(self.model), self.tokenizer, final_dir)
+            save_pretrained_atomic(acc.unwrap_model(self.model), self.tokenizer, self.out / "final")
         acc.wait_for_everyone()
-        return TrainResult(step, train_loss, last_eval, final_dir, time.perf_counter() - t0)
+
+    def _keep_if_best(self, step: int, metrics: dict[str, float]) -> None:
+        """With ``best_metric`` set, final/ always holds the best evaluated model."""
+        key = self.cfg.best_metric
+        if not key or key not in metrics:
+            return
+        value = metrics[key]
+        if self.best is not None:
+            old = self.best[key]
+            if not (value > old if self.cfg.best_mode == "max" else value < old):
+                return
+        self.best = {"step": step, **metrics}
+        self._save_final()
 
     def _window_record(self, window: dict[str, float], n: int, seconds: float) -> dict[str, float]:
         tokens = window.pop("tokens", 0.0)

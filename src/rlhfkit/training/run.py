@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import random
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import to_yaml
 from rlhfkit.errors import ConfigError
+
+log = logging.getLogger("rlhfkit")
 
 RUN_FILES = ("metrics.jsonl", "checkpoints", "final", "tensorboard", "config.yaml")
 
@@ -30,3 +36,66 @@ def prepare_run_dir(cfg: Any, accelerator, *, resume: bool, overwrite: bool) -> 
         (out / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     accelerator.wait_for_everyone()
     return out
+
+
+@dataclass
+class StageInputs:
+    """What every offline stage starts from: the accelerator, the tokenizer and its
+    resolved chat template, and the train / eval records."""
+
+    accelerator: Any
+    tokenizer: Any
+    template: str
+    train: list
+    eval: list
+
+
+def split_eval(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out ``fraction`` of ``records`` (seeded, order kept)."""
+    n_eval = int(len(records) * fraction)
+    if n_eval == 0:
+        return records, []
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
+
+
+def prepare_stage(
+    cfg: Any,
+    kind: str,
+    *,
+    resume: bool,
+    overwrite: bool,
+    keep: Callable[[Any], bool] | None = None,
+    what: str = "",
+) -> StageInputs:
+    """Load and validate the data first (bad input fails fast, before any model is
+    loaded), then the accelerator, the run folder and the tokenizer.
+
+    ``keep`` filters records (for example by ``dimension``), logging how many it kept.
+    """
+    from rlhfkit.data.load import load_records
+    from rlhfkit.data.templates import resolve_template
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.training.loop import make_accelerator
+
+    records = load_records(cfg.data, kind, split=cfg.split, skip_invalid=cfg.skip_invalid).records
+    evals = None
+    if cfg.eval_data:
+        evals = load_records(cfg.eval_data, kind, skip_invalid=cfg.skip_invalid).records
+    if keep is not None:
+        before = len(records)
+        records = [r for r in records if keep(r)]
+        evals = None if evals is None else [r for r in evals if keep(r)]
+        log.info("using %d of %d records (%s)", len(records), before, what)
+        if not records:
+            raise ConfigError(f"no records left after selecting {what}")
+    if evals is None:
+        records, evals = split_eval(records, cfg.eval_fraction, cfg.seed)
+    accelerator = make_accelerator(cfg)
+    prepare_run_dir(cfg, accelerator, resume=resume, overwrite=overwrite)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    return StageInputs(
+        accelerator, tokenizer, resolve_template(tokenizer, cfg.template), records, evals
+    )

@@ -1,0 +1,1 @@
+"""Evaluation: scoring with reward models, win rates, statistics, reports."""

@@ -1,0 +1,1 @@
+"""Human and AI feedback: turning many pairwise comparisons into scalar rankings."""
