@@ -33,6 +33,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/sft.py
+	$(BIN)/python bench/rm.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -47,3 +47,27 @@ def sft_data(tmp_path_factory, task) -> Path:
         for r in task.demonstrations(3000, seed=0)
     ]
     return write_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def sft_policy(tmp_path_factory, task, sft_data):
+    """The demo's tiny Llama (hidden 128, 4 layers) after SFT on the task.
+
+    Trained once per session: the SFT test checks what it learned, and the reward
+    model tests start from it, as the RLHF pipeline does (a reward model is only as
+    good as the SFT backbone it starts from)."""
+    from rlhfkit.config import SFTConfig
+    from rlhfkit.models.tiny import TinySpec, build_tiny
+    from rlhfkit.training.stages.sft import run_sft
+
+    base = build_tiny(
+        tmp_path_factory.mktemp("tiny-base"), TinySpec(hidden=128, layers=4), task.corpus()
+    )
+    out = tmp_path_factory.mktemp("sft-policy")
+    cfg = SFTConfig(
+        model=str(base), data=str(sft_data), out=str(out), learning_rate=2e-3,
+        batch_size=64, max_steps=600, warmup_steps=30, max_length=64, seed=0,
+        log_every=50, eval_every=300, eval_on_start=True,
+    )  # fmt: skip
+    cfg.validate()
+    return run_sft(cfg)

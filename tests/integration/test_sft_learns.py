@@ -12,15 +12,9 @@ from rlhfkit.training.stages.sft import run_sft
 from rlhfkit.training.tracking import read_metrics
 
 
-def test_sft_learns_heldout_arithmetic(tiny_llama, sft_data, task, tmp_path: Path):
-    out = tmp_path / "sft"
-    cfg = SFTConfig(
-        model=str(tiny_llama), data=str(sft_data), out=str(out), learning_rate=3e-3,
-        batch_size=64, max_steps=350, warmup_steps=20, max_length=64, seed=0,
-        log_every=50, eval_every=175, eval_on_start=True,
-    )  # fmt: skip
-    cfg.validate()
-    result = run_sft(cfg)
+def test_sft_learns_heldout_arithmetic(sft_policy, task):
+    result = sft_policy
+    out = result.final_dir.parent
 
     metrics = read_metrics(out / "metrics.jsonl")
     evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]

@@ -22,14 +22,16 @@ def synthetic_preferences(
     noise: float = 0.0,
     seed: int = 0,
     kind: str | None = None,
+    balanced: bool = False,
 ) -> list[PreferenceRecord | RankingRecord]:
     """``n`` records per dimension: pairs (``k == 2``) or rankings of ``k`` candidates.
 
     Candidates come from :meth:`Task.candidates` of prompts of ``split`` (and
-    ``kind``, if given), balanced over quality: ``k`` distinct gold-score levels of
-    the dimension are drawn uniformly, then one candidate of each level, so every
-    contrast (exact vs verbose as much as answer vs refusal) is equally common and
-    every record carries a preference.
+    ``kind``, if given): ``k`` of them with distinct gold scores on the dimension, so
+    every record carries a preference. By default they are drawn uniformly from the
+    candidates; ``balanced`` draws ``k`` distinct quality levels uniformly first, so
+    every contrast is equally common (a harder set: half its arithmetic pairs can
+    only be told apart by checking the sum).
     """
     rng = random.Random(f"rlhfkit-prefs:{split}:{seed}")
     prompts = task.prompts(split, kind)  # type: ignore[arg-type]
@@ -41,7 +43,8 @@ def synthetic_preferences(
         made = 0
         while made < n:
             p = rng.choice(prompts)
-            picked = _balanced_pick(rng, [(labeler.score(p, c), c) for c in task.candidates(p)], k)
+            scored = [(labeler.score(p, c), c) for c in task.candidates(p)]
+            picked = _balanced_pick(rng, scored, k) if balanced else _distinct_pick(rng, scored, k)
             if picked is None:
                 continue
             if k == 2:
@@ -63,3 +66,12 @@ def _balanced_pick(rng: random.Random, scored: list[tuple[float, str]], k: int) 
         return None
     chosen = rng.sample(sorted(levels), k)
     return [rng.choice(levels[level]) for level in chosen]
+
+
+def _distinct_pick(rng: random.Random, scored: list[tuple[float, str]], k: int) -> list[str] | None:
+    if len({score for score, _ in scored}) < k:
+        return None
+    while True:
+        picked = rng.sample(scored, k)
+        if len({score for score, _ in picked}) == k:
+            return [text for _, text in picked]

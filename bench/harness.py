@@ -1,0 +1,351 @@
+"""What every ``bench/*.py`` script shares: fresh-process timing of a training stage.
+
+A benchmark script (run as ``python bench/NAME.py`` from the repo root, which puts
+this folder on ``sys.path``, so ``import harness`` works) describes only its
+fixed config, its inputs and how one child builds and runs the stage; this
+module does the rest. Method, the same for every stage:
+
+* ``import_seconds``: a child ``python -c`` that wraps ``import <stage module>``
+  (and the torch, transformers, accelerate ... it pulls in) in
+  ``time.perf_counter``. Fresh interpreter, so nothing is imported yet; the OS
+  page cache may be warm, so it is "cold process", not "cold disk".
+* Two training children (the script itself with ``--child-config``), each timing
+  only the stage call (imports and config building happen before the clock
+  starts): ``t_one`` with ``max_steps=1`` and ``t_full`` with ``max_steps=N``.
+  Both pay the same fixed costs (accelerator, data loading, tokenization, model
+  load, optimizer, the final eval and save), so
+
+      steps_per_s   = (N - 1) / (t_full - t_one)
+      setup_seconds = t_one - 1 / steps_per_s
+
+  ``pre_fit_seconds`` (full run: stage wall time minus ``TrainResult.seconds``)
+  is the part before ``Trainer.fit`` starts, a cross-check that excludes the
+  eval and save. Anything counted per step (pairs, groups) is a rate over
+  steps 2..N divided by ``t_full - t_one`` (:attr:`Runs.loop_seconds`).
+* ``tokens_per_s`` (:func:`steady_tokens_per_s`): the mean of the
+  ``tokens_per_s`` field of the full run's ``metrics.jsonl``, leaving out the
+  first window (warm-up) and any window that contains an evaluation.
+* ``peak_rss_mb``: ``ru_maxrss`` of the full-run child (KiB on Linux).
+* ``load_avg_1m``: the 1-minute load average at the start and end; anything
+  else running on the machine skews every timing, so look at it first.
+
+Progress goes to stderr; stdout carries one JSON object only (:meth:`Bench.main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# A child's ``start(spec)`` returns the stage config (it has ``.out`` and
+# ``.cpu``) and a zero-argument callable that runs the stage and returns its
+# ``TrainResult``; only that call is timed.
+ChildStart = Callable[[dict], tuple[Any, Callable[[], Any]]]
+
+
+def rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def load_avg_1m() -> float:
+    return os.getloadavg()[0]
+
+
+def versions() -> dict:
+    """Python, torch and transformers versions (None for a missing package)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("torch", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine() -> dict:
+    return {"arch": platform.machine(), "cpu_count": os.cpu_count()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (``ru_maxrss`` is KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def steady_tokens_per_s(metrics_path: Path) -> float | None:
+    """Mean ``tokens_per_s`` of the logged windows, without the first (warm-up) and
+    any window holding an evaluation; None when no window is left."""
+    from rlhfkit.training.tracking import read_metrics
+
+    rows = read_metrics(metrics_path)[1:]
+    rates = [r["tokens_per_s"] for r in rows if not any(k.startswith("eval_") for k in r)]
+    return sum(rates) / len(rates) if rates else None
+
+
+def tiny_model(work: Path, conf: dict, say: Callable[[str], None]) -> Path:
+    """Build the tiny model of ``conf`` (arch, vocab_size, hidden, layers, model_seed)
+    from the built-in task's corpus into ``work``, unless it is already there."""
+    from rlhfkit.demo.task import Task
+    from rlhfkit.models.tiny import TinySpec, build_tiny
+
+    model_dir = work / f"tiny-{conf['arch']}"
+    if not (model_dir / "config.json").exists():
+        say(f"building the tiny {conf['arch']} model in {model_dir}")
+        spec = TinySpec(
+            arch=conf["arch"],
+            vocab_size=conf["vocab_size"],
+            hidden=conf["hidden"],
+            layers=conf["layers"],
+            seed=conf["model_seed"],
+        )
+        build_tiny(model_dir, spec, Task().corpus())
+    return model_dir
+
+
+@dataclass
+class Runs:
+    """The import timing and the two training children of one benchmark."""
+
+    steps: int  # N, the full run's max_steps
+    import_seconds: float
+    one: dict  # the 1-step child's result (see Bench.child)
+    full: dict  # the N-step child's result
+    load_start: float
+    spec: dict  # what prepare() returned: the children's spec without steps and out
+
+    @property
+    def loop_seconds(self) -> float:
+        """Time of steps 2..N: the full run minus the 1-step run."""
+        return self.full["wall_seconds"] - self.one["wall_seconds"]
+
+    @property
+    def steps_per_s(self) -> float:
+        return (self.steps - 1) / self.loop_seconds
+
+    @property
+    def setup_seconds(self) -> float:
+        return self.one["wall_seconds"] - 1.0 / self.steps_per_s
+
+    @property
+    def pre_fit_seconds(self) -> float:
+        return self.full["wall_seconds"] - self.full["fit_seconds"]
+
+    @property
+    def run_dir(self) -> Path:
+        """The full run's folder (``metrics.jsonl``, ``final/`` ...)."""
+        return Path(self.full["run_dir"])
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def head(self) -> dict:
+        """The leading keys of every benchmark's JSON."""
+        return {
+            "import_seconds": round(self.import_seconds, 3),
+            "setup_seconds": round(self.setup_seconds, 3),
+            "pre_fit_seconds": round(self.pre_fit_seconds, 3),
+            "steps_per_s": round(self.steps_per_s, 3),
+        }
+
+    def tail(self, config: dict) -> dict:
+        """The trailing keys: raw run times, config, device, versions, machine, load."""
+        return {
+            "run_seconds": {
+                "one_step": round(self.one["wall_seconds"], 3),
+                "full": round(self.full["wall_seconds"], 3),
+            },
+            "config": config,
+            "device": self.full["device"],
+            "torch_threads": self.full["torch_threads"],
+            **versions(),
+            "machine": machine(),
+            # Other work on the machine skews every timing; check these first.
+            "load_avg_1m": {"start": round(self.load_start, 2), "end": round(load_avg_1m(), 2)},
+        }
+
+
+class Bench:
+    """One benchmark script: ``name`` tags its stderr lines and temp folders,
+    ``script`` is re-run as the training child, ``import_module`` is the module
+    whose import is timed (the stage module, e.g. ``rlhfkit.training.stages.sft``)."""
+
+    def __init__(self, name: str, script: str | Path, import_module: str) -> None:
+        self.name = name
+        self.script = Path(script).resolve()
+        self.import_module = import_module
+
+    def say(self, msg: str) -> None:
+        print(f"[bench/{self.name}] {msg}", file=sys.stderr, flush=True)
+
+    # ---- command line -------------------------------------------------------
+
+    def parse(
+        self,
+        doc: str | None,
+        argv: list[str] | None,
+        add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+        check: Callable[[argparse.Namespace], str | None] = lambda args: None,
+    ) -> argparse.Namespace:
+        """Parse ``--steps``, ``--batch-size``, the script's own options
+        (``add_args``), ``--cpu``, ``--out`` and the hidden child options;
+        ``check(args)`` returns an error message or None."""
+        p = argparse.ArgumentParser(description=(doc or "").split("\n", 1)[0])
+        p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
+        p.add_argument("--batch-size", type=int, default=32, help="micro-batch size (default 32)")
+        if add_args is not None:
+            add_args(p)
+        p.add_argument("--cpu", action="store_true", help="force the CPU even with a GPU present")
+        p.add_argument("--out", help="work folder to keep (default: a temp folder, removed)")
+        p.add_argument("--child-config", help=argparse.SUPPRESS)
+        p.add_argument("--child-result", help=argparse.SUPPRESS)
+        args = p.parse_args(argv)
+        if args.steps < 2:
+            p.error(
+                "--steps must be >= 2 (the step rate comes from the N-step minus the 1-step run)"
+            )
+        if args.batch_size < 1:
+            p.error("--batch-size must be >= 1")
+        error = check(args)
+        if error:
+            p.error(error)
+        return args
+
+    def main(
+        self,
+        args: argparse.Namespace,
+        start: ChildStart,
+        bench: Callable[[argparse.Namespace], dict],
+    ) -> int:
+        """Child mode (``--child-config``): run the stage once. Otherwise run
+        ``bench(args)`` and print its dict as JSON; 1 on failure."""
+        if args.child_config:
+            self.child(args, start)
+            return 0
+        t0 = time.perf_counter()
+        try:
+            result = bench(args)
+        except Exception as e:
+            self.say(f"FAILED: {type(e).__name__}: {e}")
+            return 1
+        self.say(f"done in {time.perf_counter() - t0:.1f}s")
+        print(json.dumps(result, indent=2))
+        return 0
+
+    # ---- child: one stage call ----------------------------------------------
+
+    def child(self, args: argparse.Namespace, start: ChildStart) -> None:
+        import torch
+
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="  %(message)s")
+        cfg, train = start(json.loads(args.child_config))
+        t0 = time.perf_counter()
+        result = train()
+        wall = time.perf_counter() - t0
+        if torch.cuda.is_available() and not cfg.cpu:
+            device = f"cuda ({torch.cuda.get_device_name(0)})"
+        else:
+            device = "cpu"
+        out = {
+            "wall_seconds": wall,
+            "fit_seconds": result.seconds,
+            "steps": result.steps,
+            "train_loss": result.train_loss,
+            "eval": result.eval,
+            "run_dir": cfg.out,
+            "peak_rss_mb": peak_rss_mb(),
+            "torch_threads": torch.get_num_threads(),
+            "device": device,
+        }
+        Path(args.child_result).write_text(json.dumps(out), encoding="utf-8")
+
+    # ---- parent ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def workdir(self, out: str | None) -> Iterator[Path]:
+        """``out`` (created, kept) or a temp folder removed on exit."""
+        if out:
+            work = Path(out).resolve()
+            work.mkdir(parents=True, exist_ok=True)
+            yield work
+            return
+        tmp = tempfile.mkdtemp(prefix=f"rlhfkit-bench-{self.name}-")
+        try:
+            yield Path(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def measure_import(self) -> float:
+        self.say(f"timing `import {self.import_module}` in a fresh interpreter")
+        snippet = (
+            f"import time; t = time.perf_counter(); import {self.import_module}; "
+            "print(time.perf_counter() - t)"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", snippet],
+            stdout=subprocess.PIPE,
+            stderr=sys.stderr,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"import child failed with exit code {proc.returncode}")
+        return float(proc.stdout.strip().splitlines()[-1])
+
+    def run_child(self, spec: dict, result_path: Path, label: str) -> dict:
+        self.say(f"{label}: {self.name} with max_steps={spec['steps']} in a fresh process")
+        cmd = [
+            sys.executable,
+            str(self.script),
+            "--child-config",
+            json.dumps(spec),
+            "--child-result",
+            str(result_path),
+        ]
+        # The child's stdout (rich progress bar) goes to our stderr: stdout is the JSON.
+        proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{label} child failed with exit code {proc.returncode}")
+        return json.loads(result_path.read_text(encoding="utf-8"))
+
+    def measure(self, work: Path, steps: int, prepare: Callable[[], dict]) -> Runs:
+        """Time the import, call ``prepare()`` (builds the inputs, returns the child
+        spec without ``steps`` and ``out``), then run the 1-step and N-step children."""
+        load_start = load_avg_1m()
+        import_seconds = self.measure_import()
+        base = prepare()
+        one = self.run_child(
+            {**base, "steps": 1, "out": str(work / "runs" / "one-step")},
+            work / "one-step.json",
+            "1/2",
+        )
+        full = self.run_child(
+            {**base, "steps": steps, "out": str(work / "runs" / "full")},
+            work / "full.json",
+            "2/2",
+        )
+        if one["steps"] != 1 or full["steps"] != steps:
+            raise RuntimeError(f"unexpected step counts: {one['steps']}, {full['steps']}")
+        runs = Runs(steps, import_seconds, one, full, load_start, base)
+        if runs.loop_seconds <= 0:
+            raise RuntimeError(
+                f"the {steps}-step run ({full['wall_seconds']:.3f}s) was not slower "
+                f"than the 1-step run ({one['wall_seconds']:.3f}s); use more --steps"
+            )
+        return runs
