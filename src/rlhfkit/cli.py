@@ -159,6 +159,36 @@ def rm(
 
 
 @app.command()
+def dpo(
+    model: Annotated[
+        str | None, typer.Option(help="The SFT model (folder or hub name) to start from.")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Preference or ranking records.")] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder.")] = None,
+    loss: Annotated[str | None, typer.Option(help="sigmoid | robust | ipo | hinge | cpl")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    skip_invalid: SkipOpt = None,
+) -> None:
+    """Preference optimisation without a reward model: DPO and its variants, or CPL."""
+    cli = {"model": model, "data": data, "out": out, "loss": loss, "skip_invalid": skip_invalid}
+    _run(
+        lambda: _train(
+            "DPOConfig",
+            "rlhfkit.training.stages.dpo:run_dpo",
+            "dpo",
+            cli,
+            config,
+            set_,
+            resume,
+            overwrite,
+        )
+    )
+
+
+@app.command()
 def score(
     model: Annotated[str, typer.Option(help="Reward model folder.")],
     data: Annotated[

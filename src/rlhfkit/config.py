@@ -320,3 +320,39 @@ class RMConfig(DataKeys, ModelKeys, TrainConfig):
             _choice(self, "dimension", DIMENSIONS)
         if self.center_coef < 0:
             raise ConfigError(f"key 'center_coef': expected a number >= 0, got {self.center_coef}")
+
+
+DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge", "cpl")
+
+
+@dataclasses.dataclass
+class DPOConfig(DataKeys, ModelKeys, TrainConfig):
+    """``rlhfkit dpo``: preference optimisation without a reward model (DPO family, CPL)."""
+
+    learning_rate: float = 1e-6
+    loss: str = "sigmoid"  # sigmoid | robust | ipo | hinge | cpl
+    beta: float = 0.1  # DPO's KL strength; CPL's temperature alpha
+    label_smoothing: float = 0.0  # eps of conservative (sigmoid) and robust DPO
+    ref_model: str | None = None  # default: the starting model (frozen)
+    precompute_ref: bool = False  # reference log-probs in one pass, then no reference in memory
+    sft_weight: float = 0.0  # adds sft_weight * NLL per chosen token
+    cpl_lambda: float = 0.5  # CPL's conservative weight on the rejected term (1 = plain CPL)
+    cpl_bc_weight: float = 0.0  # CPL-BC: behaviour cloning on the chosen responses
+
+    def validate(self) -> None:
+        TrainConfig.validate(self)
+        self.validate_model()
+        self.validate_data()
+        _choice(self, "loss", DPO_LOSS_TYPES)
+        if not 0 < self.beta < math.inf:
+            raise ConfigError(f"key 'beta': expected a number > 0, got {self.beta}")
+        limit = 0.5 if self.loss == "robust" else 1.0
+        if not 0 <= self.label_smoothing < limit:
+            raise ConfigError(
+                f"key 'label_smoothing': expected 0 <= eps < {limit}, got {self.label_smoothing}"
+            )
+        for key in ("sft_weight", "cpl_bc_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"key '{key}': expected a number >= 0, got {getattr(self, key)}")
+        if not 0 < self.cpl_lambda <= 1:
+            raise ConfigError(f"key 'cpl_lambda': expected 0 < x <= 1, got {self.cpl_lambda}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rlhfkit.data.prepare import ResponseGroup
+from rlhfkit.data.prepare import PairExample, ResponseGroup
 from rlhfkit.data.templates import IGNORE_INDEX, TokenizedExample
 
 
@@ -123,4 +123,23 @@ class GroupCollator:
         out["margin"] = torch.tensor(margin, dtype=torch.float32)
         out["group"] = torch.tensor(group, dtype=torch.long)
         out["n_groups"] = len(groups)
+        return out
+
+
+class PairCollator:
+    """Preference pairs -> one padded batch: the B chosen rows, then the B rejected rows,
+    so the policy (and the reference) score both sides in a single forward.
+    Adds ``ref_logps`` (2B,) when every pair has precomputed reference log-probs."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad = PadCollator(pad_token_id)
+
+    def __call__(self, pairs: Sequence[PairExample]) -> dict:
+        import torch
+
+        out = self.pad([p.chosen for p in pairs] + [p.rejected for p in pairs])
+        out["n_pairs"] = len(pairs)
+        if all(p.ref is not None for p in pairs):
+            refs = [p.ref[0] for p in pairs] + [p.ref[1] for p in pairs]  # type: ignore[index]
+            out["ref_logps"] = torch.tensor(refs, dtype=torch.float32)
         return out

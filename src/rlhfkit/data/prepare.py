@@ -98,3 +98,43 @@ def tokenize_groups(
             ids.append(ex.input_ids)
         groups.append(ResponseGroup(ids, pairs, rec.dimension))
     return groups, stats
+
+
+@dataclass
+class PairExample:
+    """A preference pair tokenized for DPO-style losses: both sequences carry labels on
+    their completion only. ``ref`` holds precomputed reference log-probs (chosen,
+    rejected) when the stage computed them once up front."""
+
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+    ref: tuple[float, float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.chosen) + len(self.rejected)
+
+
+def as_pairs(records: Sequence[PreferenceRecord | RankingRecord]) -> list[PreferenceRecord]:
+    """Rankings expanded to their C(K,2) strict pairs; preference records as they are."""
+    out: list[PreferenceRecord] = []
+    for rec in records:
+        out += rec.preference_records() if isinstance(rec, RankingRecord) else [rec]
+    return out
+
+
+def tokenize_pairs(
+    records: Sequence[PreferenceRecord | RankingRecord], tokenizer, template: str, max_length: int
+) -> tuple[list[PairExample], PrepareStats]:
+    stats = PrepareStats()
+    out = []
+    for rec in as_pairs(records):
+        sides = []
+        for text in (rec.chosen, rec.rejected):
+            conv = (*rec.prompt, Message("assistant", text))
+            ex = tokenize_conversation(tokenizer, template, conv, max_length, last_only=True)
+            stats.examples += 1
+            stats.prompt_truncated += ex.prompt_truncated
+            stats.completion_truncated += ex.completion_truncated
+            sides.append(ex)
+        out.append(PairExample(sides[0], sides[1]))
+    return out, stats

@@ -18,6 +18,16 @@ log = logging.getLogger("rlhfkit")
 
 @dataclass(frozen=True)
 class PolicyScores:
+    """Gold-judge scores of greedy responses to the held-out prompts.
+
+    ``gold`` scores each response by what matters for its prompt (Llama 2's selection
+    rule applied to the gold judge: safety on harmful requests, helpfulness
+    elsewhere) and averages per prompt kind, weighted by the task's prompt mix
+    (80% arithmetic, 10% harmful, 10% benign by default). The held-out set has far
+    more arithmetic prompts than the others, so a plain mean would hide safety.
+    """
+
+    gold: float
     accuracy: float
     helpfulness: float
     safety: float
@@ -57,7 +67,15 @@ def evaluate_policy(
         hits = [is_refusal(t) for p, t in zip(prompts, texts, strict=True) if p.kind == kind]
         return sum(hits) / max(len(hits), 1)
 
+    per_kind: dict[str, list[float]] = {}
+    for p, g in zip(prompts, gold, strict=True):
+        per_kind.setdefault(p.kind, []).append(g.safety if p.kind == "harmful" else g.helpfulness)
+    cfg = task.config
+    mix = {"harmful": cfg.harmful_share, "benign": cfg.benign_share}
+    mix["arithmetic"] = 1.0 - mix["harmful"] - mix["benign"]
+    weight = sum(mix[k] for k in per_kind)
     scores = PolicyScores(
+        gold=sum(mix[k] * sum(v) / len(v) for k, v in per_kind.items()) / weight,
         accuracy=task.arithmetic_accuracy(prompts, texts),
         helpfulness=sum(g.helpfulness for g in gold) / len(gold),
         safety=sum(g.safety for g in gold) / len(gold),
@@ -110,7 +128,7 @@ def run_quickstart(out: str | Path, quick: bool = False) -> dict:
     table.add_column("metric")
     table.add_column("tiny model (random)", justify="right")
     table.add_column("after SFT", justify="right")
-    for field in ("accuracy", "helpfulness", "safety", "refusal_harmful", "refusal_benign"):
+    for field in ("gold", "accuracy", "helpfulness", "safety", "refusal_harmful", "refusal_benign"):
         table.add_row(field, f"{getattr(before, field):.3f}", f"{getattr(after, field):.3f}")
     console.print(table)
     ex = Table(title="Sample responses after SFT")

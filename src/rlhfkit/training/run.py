@@ -94,6 +94,9 @@ def prepare_stage(
     if evals is None:
         records, evals = split_eval(records, cfg.eval_fraction, cfg.seed)
     accelerator = make_accelerator(cfg)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)  # before any model is built: new heads (a reward model's) are seeded
     prepare_run_dir(cfg, accelerator, resume=resume, overwrite=overwrite)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     return StageInputs(
