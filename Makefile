@@ -34,6 +34,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/sft.py
 	$(BIN)/python bench/rm.py
+	$(BIN)/python bench/dpo.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
