@@ -32,6 +32,13 @@ ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a previous run in --out.")]
+ModelOpt = Annotated[
+    str | None, typer.Option(help="The model to start from: a folder or a hub name.")
+]
+PrefDataOpt = Annotated[
+    str | None, typer.Option(help="Preference or ranking records (JSONL/JSON/Parquet/dataset).")
+]
+OutOpt = Annotated[str | None, typer.Option(help="Run folder.")]
 SkipOpt = Annotated[
     bool | None,
     typer.Option(
@@ -92,9 +99,9 @@ def _train(
 
 @app.command()
 def sft(
-    model: Annotated[str | None, typer.Option(help="Model folder or hub name.")] = None,
+    model: ModelOpt = None,
     data: Annotated[str | None, typer.Option(help="SFT data: JSONL/JSON/Parquet/dataset.")] = None,
-    out: Annotated[str | None, typer.Option(help="Run folder.")] = None,
+    out: OutOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     resume: ResumeOpt = False,
@@ -119,11 +126,9 @@ def sft(
 
 @app.command()
 def rm(
-    model: Annotated[
-        str | None, typer.Option(help="The SFT model (folder or hub name) to start from.")
-    ] = None,
-    data: Annotated[str | None, typer.Option(help="Preference or ranking records.")] = None,
-    out: Annotated[str | None, typer.Option(help="Run folder.")] = None,
+    model: ModelOpt = None,
+    data: PrefDataOpt = None,
+    out: OutOpt = None,
     loss: Annotated[str | None, typer.Option(help="pairwise | margin | hinge")] = None,
     dimension: Annotated[
         str | None,
@@ -160,11 +165,9 @@ def rm(
 
 @app.command()
 def dpo(
-    model: Annotated[
-        str | None, typer.Option(help="The SFT model (folder or hub name) to start from.")
-    ] = None,
-    data: Annotated[str | None, typer.Option(help="Preference or ranking records.")] = None,
-    out: Annotated[str | None, typer.Option(help="Run folder.")] = None,
+    model: ModelOpt = None,
+    data: PrefDataOpt = None,
+    out: OutOpt = None,
     loss: Annotated[str | None, typer.Option(help="sigmoid | robust | ipo | hinge | cpl")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,

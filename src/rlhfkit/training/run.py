@@ -102,3 +102,16 @@ def prepare_stage(
     return StageInputs(
         accelerator, tokenizer, resolve_template(tokenizer, cfg.template), records, evals
     )
+
+
+def tokenize_splits(
+    tokenize: Callable[..., tuple[list, Any]], s: StageInputs, max_length: int, *extra: Any
+) -> tuple[list, list]:
+    """``tokenize(records, tokenizer, template, max_length, *extra)`` on the train and
+    eval records, reporting each split's truncations."""
+    out = []
+    for name, records in (("train", s.train), ("eval", s.eval)):
+        examples, stats = tokenize(records, s.tokenizer, s.template, max_length, *extra)
+        stats.report(name, max_length)
+        out.append(examples)
+    return out[0], out[1]

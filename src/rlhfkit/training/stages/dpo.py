@@ -21,7 +21,7 @@ from rlhfkit.data.batching import PairCollator
 from rlhfkit.data.prepare import PairExample, tokenize_pairs
 from rlhfkit.models.loading import is_peft, load_causal_lm, lora_spec
 from rlhfkit.training.loop import LossOutput, Trainer, TrainResult
-from rlhfkit.training.run import prepare_stage
+from rlhfkit.training.run import prepare_stage, tokenize_splits
 
 log = logging.getLogger("rlhfkit")
 
@@ -131,10 +131,7 @@ def precompute_reference(
 def run_dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Optimise ``cfg.model`` on the preferences of ``cfg.data``."""
     s = prepare_stage(cfg, "preference", resume=resume, overwrite=overwrite)
-    train, stats = tokenize_pairs(s.train, s.tokenizer, s.template, cfg.max_length)
-    stats.report("train", cfg.max_length)
-    evals, estats = tokenize_pairs(s.eval, s.tokenizer, s.template, cfg.max_length)
-    estats.report("eval", cfg.max_length)
+    train, evals = tokenize_splits(tokenize_pairs, s, cfg.max_length)
     model = load_causal_lm(
         cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, lora=lora_spec(cfg)
     )

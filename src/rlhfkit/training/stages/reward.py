@@ -24,7 +24,7 @@ from rlhfkit.data.types import PreferenceRecord
 from rlhfkit.models.loading import apply_lora, lora_spec
 from rlhfkit.models.reward import load_reward_model, sequence_rewards
 from rlhfkit.training.loop import LossOutput, Trainer, TrainResult
-from rlhfkit.training.run import prepare_stage
+from rlhfkit.training.run import prepare_stage, tokenize_splits
 
 log = logging.getLogger("rlhfkit")
 
@@ -93,10 +93,7 @@ def run_rm(cfg: RMConfig, *, resume: bool = False, overwrite: bool = False) -> T
         what=f"dimension={cfg.dimension}",
     )
     margin = margin_from(cfg)
-    train, stats = tokenize_groups(s.train, s.tokenizer, s.template, cfg.max_length, margin)
-    stats.report("train", cfg.max_length)
-    evals, estats = tokenize_groups(s.eval, s.tokenizer, s.template, cfg.max_length, margin)
-    estats.report("eval", cfg.max_length)
+    train, evals = tokenize_splits(tokenize_groups, s, cfg.max_length, margin)
     model = load_reward_model(
         cfg.model,
         dtype=cfg.dtype,

@@ -14,7 +14,7 @@ from rlhfkit.data.batching import PadCollator, pack
 from rlhfkit.data.prepare import tokenize_sft
 from rlhfkit.models.loading import load_causal_lm, lora_spec
 from rlhfkit.training.loop import LossOutput, Trainer, TrainResult
-from rlhfkit.training.run import prepare_stage
+from rlhfkit.training.run import prepare_stage, tokenize_splits
 
 log = logging.getLogger("rlhfkit")
 
@@ -40,10 +40,7 @@ class SFTObjective:
 def run_sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; writes the run folder ``cfg.out``."""
     s = prepare_stage(cfg, "sft", resume=resume, overwrite=overwrite)
-    train, stats = tokenize_sft(s.train, s.tokenizer, s.template, cfg.max_length)
-    stats.report("train", cfg.max_length)
-    evals, estats = tokenize_sft(s.eval, s.tokenizer, s.template, cfg.max_length)
-    estats.report("eval", cfg.max_length)
+    train, evals = tokenize_splits(tokenize_sft, s, cfg.max_length)
     rows: list[Any] = pack(train, cfg.max_length) if cfg.packing else train
     if cfg.packing:
         log.info(
