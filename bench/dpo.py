@@ -75,14 +75,7 @@ def start_child(spec: dict):
         "eval_fraction",
         "cpu",
     )
-    cfg = DPOConfig(
-        model=spec["model"],
-        data=spec["data"],
-        out=spec["out"],
-        max_steps=spec["steps"],
-        **{k: spec[k] for k in keys},
-    )
-    cfg.validate()
+    cfg = harness.stage_config(DPOConfig, spec, keys)
     return cfg, lambda: run_dpo(cfg, overwrite=True)
 
 

@@ -81,6 +81,20 @@ def machine() -> dict:
     return {"arch": platform.machine(), "cpu_count": os.cpu_count()}
 
 
+def stage_config(cls, spec: dict, keys: tuple[str, ...]):
+    """A stage config from a child spec: model, data, out, ``max_steps`` from ``steps``,
+    and ``keys`` copied as they are; validated."""
+    cfg = cls(
+        model=spec["model"],
+        data=spec["data"],
+        out=spec["out"],
+        max_steps=spec["steps"],
+        **{k: spec[k] for k in keys},
+    )
+    cfg.validate()
+    return cfg
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set size in MiB (``ru_maxrss`` is KiB on Linux)."""
     import resource

@@ -73,20 +73,11 @@ def start_child(spec: dict):
     from rlhfkit.config import RMConfig
     from rlhfkit.training.stages.reward import run_rm
 
-    cfg = RMConfig(
-        model=spec["model"],
-        data=spec["data"],
-        out=spec["out"],
-        learning_rate=spec["learning_rate"],
-        batch_size=spec["batch_size"],
-        max_steps=spec["steps"],
-        max_length=spec["max_length"],
-        seed=spec["seed"],
-        log_every=spec["log_every"],
-        eval_fraction=spec["eval_fraction"],
-        cpu=spec["cpu"],
+    cfg = harness.stage_config(
+        RMConfig,
+        spec,
+        ("learning_rate", "batch_size", "max_length", "seed", "log_every", "eval_fraction", "cpu"),
     )
-    cfg.validate()
     return cfg, lambda: run_rm(cfg, overwrite=True)
 
 

@@ -70,20 +70,11 @@ def start_child(spec: dict):
     from rlhfkit.config import SFTConfig
     from rlhfkit.training.stages.sft import run_sft
 
-    cfg = SFTConfig(
-        model=spec["model"],
-        data=spec["data"],
-        out=spec["out"],
-        learning_rate=spec["learning_rate"],
-        batch_size=spec["batch_size"],
-        max_steps=spec["steps"],
-        max_length=spec["max_length"],
-        seed=spec["seed"],
-        log_every=spec["log_every"],
-        packing=spec["packing"],
-        cpu=spec["cpu"],
+    cfg = harness.stage_config(
+        SFTConfig,
+        spec,
+        ("learning_rate", "batch_size", "max_length", "seed", "log_every", "packing", "cpu"),
     )
-    cfg.validate()
     return cfg, lambda: run_sft(cfg, overwrite=True)
 
 

@@ -82,19 +82,32 @@ def _run(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(e.exit_code) from None
 
 
-def _train(
-    config_cls: str, runner: str, stage: str, cli: dict[str, Any], config, set_, resume, overwrite
-) -> None:
+# stage -> (config class in rlhfkit.config, "module:runner"); imported only when run
+TRAINING_STAGES = {
+    "sft": ("SFTConfig", "rlhfkit.training.stages.sft:run_sft"),
+    "rm": ("RMConfig", "rlhfkit.training.stages.reward:run_rm"),
+    "dpo": ("DPOConfig", "rlhfkit.training.stages.dpo:run_dpo"),
+}
+
+
+def _train(stage: str, cli: dict[str, Any], config, set_, resume, overwrite) -> None:
     """Build the stage's config from YAML + options + --set, run it, print a summary."""
-    import importlib
 
-    from rlhfkit import config as config_mod
-    from rlhfkit.config import build_config
+    def go() -> None:
+        import importlib
 
-    cfg = build_config(getattr(config_mod, config_cls), config, cli, set_)
-    module, func = runner.rsplit(":", 1)
-    result = getattr(importlib.import_module(module), func)(cfg, resume=resume, overwrite=overwrite)
-    _summary(stage, result)
+        from rlhfkit import config as config_mod
+        from rlhfkit.config import build_config
+
+        config_cls, runner = TRAINING_STAGES[stage]
+        cfg = build_config(getattr(config_mod, config_cls), config, cli, set_)
+        module, func = runner.rsplit(":", 1)
+        result = getattr(importlib.import_module(module), func)(
+            cfg, resume=resume, overwrite=overwrite
+        )
+        _summary(stage, result)
+
+    _run(go)
 
 
 @app.command()
@@ -110,18 +123,7 @@ def sft(
 ) -> None:
     """Supervised fine-tuning on (prompt, answer) or chat records; loss on answers only."""
     cli = {"model": model, "data": data, "out": out, "skip_invalid": skip_invalid}
-    _run(
-        lambda: _train(
-            "SFTConfig",
-            "rlhfkit.training.stages.sft:run_sft",
-            "sft",
-            cli,
-            config,
-            set_,
-            resume,
-            overwrite,
-        )
-    )
+    _train("sft", cli, config, set_, resume, overwrite)
 
 
 @app.command()
@@ -149,18 +151,7 @@ def rm(
         "dimension": dimension,
         "skip_invalid": skip_invalid,
     }
-    _run(
-        lambda: _train(
-            "RMConfig",
-            "rlhfkit.training.stages.reward:run_rm",
-            "rm",
-            cli,
-            config,
-            set_,
-            resume,
-            overwrite,
-        )
-    )
+    _train("rm", cli, config, set_, resume, overwrite)
 
 
 @app.command()
@@ -177,18 +168,7 @@ def dpo(
 ) -> None:
     """Preference optimisation without a reward model: DPO and its variants, or CPL."""
     cli = {"model": model, "data": data, "out": out, "loss": loss, "skip_invalid": skip_invalid}
-    _run(
-        lambda: _train(
-            "DPOConfig",
-            "rlhfkit.training.stages.dpo:run_dpo",
-            "dpo",
-            cli,
-            config,
-            set_,
-            resume,
-            overwrite,
-        )
-    )
+    _train("dpo", cli, config, set_, resume, overwrite)
 
 
 @app.command()

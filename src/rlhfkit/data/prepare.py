@@ -54,6 +54,24 @@ def tokenize_sft(
     return out, stats
 
 
+def tokenize_response(
+    prompt: Sequence[Message],
+    response: str,
+    tokenizer,
+    template: str,
+    max_length: int,
+    stats: PrepareStats,
+) -> TokenizedExample:
+    """The prompt plus one assistant response, labels on the response, truncation counted."""
+    ex = tokenize_conversation(
+        tokenizer, template, (*prompt, Message("assistant", response)), max_length, last_only=True
+    )
+    stats.examples += 1
+    stats.prompt_truncated += ex.prompt_truncated
+    stats.completion_truncated += ex.completion_truncated
+    return ex
+
+
 @dataclass
 class ResponseGroup:
     """The K responses to one prompt (each tokenized with the prompt) and its ordered pairs.
@@ -88,14 +106,10 @@ def tokenize_groups(
         else:
             responses = [rec.chosen, rec.rejected]
             pairs = [(0, 1, margin_of(rec))]
-        ids = []
-        for text in responses:
-            conv = (*rec.prompt, Message("assistant", text))
-            ex = tokenize_conversation(tokenizer, template, conv, max_length, last_only=True)
-            stats.examples += 1
-            stats.prompt_truncated += ex.prompt_truncated
-            stats.completion_truncated += ex.completion_truncated
-            ids.append(ex.input_ids)
+        ids = [
+            tokenize_response(rec.prompt, t, tokenizer, template, max_length, stats).input_ids
+            for t in responses
+        ]
         groups.append(ResponseGroup(ids, pairs, rec.dimension))
     return groups, stats
 
@@ -128,13 +142,9 @@ def tokenize_pairs(
     stats = PrepareStats()
     out = []
     for rec in as_pairs(records):
-        sides = []
-        for text in (rec.chosen, rec.rejected):
-            conv = (*rec.prompt, Message("assistant", text))
-            ex = tokenize_conversation(tokenizer, template, conv, max_length, last_only=True)
-            stats.examples += 1
-            stats.prompt_truncated += ex.prompt_truncated
-            stats.completion_truncated += ex.completion_truncated
-            sides.append(ex)
-        out.append(PairExample(sides[0], sides[1]))
+        chosen, rejected = (
+            tokenize_response(rec.prompt, t, tokenizer, template, max_length, stats)
+            for t in (rec.chosen, rec.rejected)
+        )
+        out.append(PairExample(chosen, rejected))
     return out, stats
