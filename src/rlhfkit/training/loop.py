@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
@@ -168,7 +168,164 @@ class TrainResult:
     best: dict[str, float] | None = None  # eval metrics (and step) of the model in final/
 
 
-class Trainer:
+class TrainingRun:
+    """The loop shared by every stage: steps, periodic evaluation, logging windows,
+    ``metrics.jsonl``, progress, atomic checkpoints, exact resume and ``final/``.
+
+    A subclass says what one optimizer step is (:meth:`train_step`), where the data
+    stands at a given step (:meth:`begin`), how to evaluate, and what else its
+    checkpoints must hold (:meth:`extra_state`); the offline :class:`Trainer` and the
+    online PPO / GRPO runs differ only there.
+    """
+
+    cfg: TrainConfig
+    accelerator: Any
+    name: str
+    out: Path
+    total_steps: int
+    steps_per_epoch: int = 1
+    model: torch.nn.Module
+    tokenizer: Any
+    scheduler: Any
+    best: dict[str, float] | None = None
+
+    # -- what a subclass provides ---------------------------------------------
+    def begin(self, step: int) -> None:
+        """Position the data source so the next :meth:`train_step` is step ``step + 1``."""
+
+    def train_step(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        return {}
+
+    def has_eval(self) -> bool:
+        return False
+
+    def derived(self, means: dict[str, float]) -> dict[str, float]:
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able state beyond what accelerate saves (controllers, running stats)."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Undo :meth:`extra_state` on resume."""
+
+    def after_step(self, step: int, stats: dict[str, float]) -> None:
+        """Called on every process after each step (samples, warnings)."""
+
+    # -- helpers ----------------------------------------------------------------
+    def global_sum(self, value: float) -> float:
+        t = torch.tensor(float(value), device=self.accelerator.device, dtype=torch.float64)
+        return float(self.accelerator.reduce(t, reduction="sum").item())
+
+    def save_final(self) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_pretrained_atomic(acc.unwrap_model(self.model), self.tokenizer, self.out / "final")
+        acc.wait_for_everyone()
+
+    # -- the loop -----------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        cfg, acc = self.cfg, self.accelerator
+        ckpt_root = self.out / "checkpoints"
+        step = 0
+        writer = None
+        if acc.is_main_process:
+            tb = self.out / "tensorboard" if cfg.tensorboard else None
+            writer = MetricsWriter(self.out / "metrics.jsonl", tb)
+        if resume:
+            path = latest_checkpoint(ckpt_root)
+            if path is not None:
+                state = load_checkpoint(acc, path)
+                step = int(state["step"])
+                self.best = state.get("best")
+                self.restore(state)
+                log.info("resumed from %s (step %d)", path, step)
+                if writer:
+                    writer.truncate_after(step)
+        elif writer and writer.path.exists():
+            writer.path.unlink()
+
+        t0 = time.perf_counter()
+        window: dict[str, float] = {}
+        window_steps = 0
+        window_t = time.perf_counter()
+        last_eval: dict[str, float] = {}
+        train_loss = float("nan")
+        if cfg.eval_on_start and step == 0 and self.has_eval():
+            last_eval = self.evaluate()
+            if writer:
+                writer.write({"step": 0, **last_eval})
+        self.begin(step)
+        progress = Progress(self.total_steps, self.name, acc.is_main_process, start=step)
+        try:
+            while step < self.total_steps:
+                stats = self.train_step()
+                step += 1
+                self.after_step(step, stats)
+                train_loss = stats.get("loss", float("nan"))
+                for k, v in stats.items():
+                    window[k] = window.get(k, 0.0) + v
+                window_steps += 1
+                do_eval = cfg.eval_every > 0 and step % cfg.eval_every == 0
+                last = step == self.total_steps
+                if do_eval or (last and self.has_eval()):
+                    last_eval = self.evaluate()
+                    self._keep_if_best(step, last_eval)
+                if step % cfg.log_every == 0 or do_eval or last:
+                    elapsed = time.perf_counter() - window_t
+                    record = self._window_record(window, window_steps, elapsed)
+                    record = {"step": step, "epoch": step / self.steps_per_epoch, **record}
+                    record["lr"] = self.scheduler.get_last_lr()[0]
+                    if do_eval or last:
+                        record.update(last_eval)
+                    if writer:
+                        writer.write(record)
+                    window, window_steps, window_t = {}, 0, time.perf_counter()
+                progress.update(step, {"loss": train_loss, **_short(last_eval)})
+                if cfg.save_every > 0 and step % cfg.save_every == 0 and not last:
+                    state = {"step": step, "best": self.best, **self.extra_state()}
+                    save_checkpoint(acc, ckpt_root, step, state, cfg.keep_checkpoints)
+        finally:
+            progress.close()
+            if writer:
+                writer.close()
+        if self.best is None:
+            self.save_final()
+        return TrainResult(
+            step, train_loss, last_eval, self.out / "final", time.perf_counter() - t0, self.best
+        )
+
+    def _keep_if_best(self, step: int, metrics: dict[str, float]) -> None:
+        """With ``best_metric`` set, final/ always holds the best evaluated model."""
+        key = self.cfg.best_metric
+        if not key or key not in metrics:
+            return
+        value = metrics[key]
+        if self.best is not None:
+            old = self.best[key]
+            if not (value > old if self.cfg.best_mode == "max" else value < old):
+                return
+        self.best = {"step": step, **metrics}
+        self.save_final()
+
+    def _window_record(self, window: dict[str, float], n: int, seconds: float) -> dict[str, float]:
+        tokens = window.pop("tokens", None)
+        window.pop("items", None)
+        rec = {k: v / max(n, 1) for k, v in window.items()}
+        rec.update(self.derived(rec))
+        if tokens is not None:
+            rec["tokens_per_s"] = tokens / seconds if seconds > 0 else 0.0
+        return rec
+
+
+class Trainer(TrainingRun):
+    """Offline stages (SFT, RM, DPO, ...): an :class:`Objective` over a fixed dataset,
+    seeded per-epoch shuffles, gradient accumulation."""
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -213,16 +370,38 @@ class Trainer:
         # Not passed to prepare(): accelerate would step it once per process.
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         acc.register_for_checkpointing(self.scheduler)
-        self.best: dict[str, float] | None = None
+        self.best = None
+        self._micro: Iterator[list[dict[str, Any]]] = iter(())
+
+    def begin(self, step: int) -> None:
+        self._micro = self._micro_batches(step)
+
+    def _micro_batches(self, step: int) -> Iterator[list[dict[str, Any]]]:
+        """The micro-batch groups of steps ``step + 1, step + 2, ...``: the data order
+        depends on (seed, epoch) only, so a resumed run sees the same batches."""
+        acc, accum = self.accelerator, self.cfg.grad_accum
+        while True:
+            epoch, in_epoch = divmod(step, self.steps_per_epoch)
+            self.sampler.set_epoch(epoch)
+            if hasattr(self.loader, "set_epoch"):
+                self.loader.set_epoch(epoch)
+            skip = in_epoch * accum
+            batches = iter(acc.skip_first_batches(self.loader, skip) if skip else self.loader)
+            while micro := list(islice(batches, accum)):
+                yield micro
+                step += 1
+
+    def has_eval(self) -> bool:
+        return bool(self.eval_data)
+
+    def derived(self, means: dict[str, float]) -> dict[str, float]:
+        return self.objective.derived(means)
 
     # -- one optimizer step -------------------------------------------------
-    def _global_sum(self, value: float) -> float:
-        t = torch.tensor(float(value), device=self.accelerator.device, dtype=torch.float64)
-        return float(self.accelerator.reduce(t, reduction="sum").item())
-
-    def _step(self, micro: list[dict[str, Any]]) -> dict[str, float]:
+    def train_step(self) -> dict[str, float]:
         acc, model = self.accelerator, self.model
-        n_global = self._global_sum(sum(self.objective.count(b) for b in micro))
+        micro = next(self._micro)
+        n_global = self.global_sum(sum(self.objective.count(b) for b in micro))
         scale = acc.num_processes / max(n_global, 1.0)
         loss_sum = 0.0
         metrics = MetricSums()
@@ -243,9 +422,9 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        stats = {"loss": self._global_sum(loss_sum) / max(n_global, 1.0)}
-        stats.update(metrics.means(self._global_sum, n_global))
-        stats["tokens"] = self._global_sum(tokens)
+        stats = {"loss": self.global_sum(loss_sum) / max(n_global, 1.0)}
+        stats.update(metrics.means(self.global_sum, n_global))
+        stats["tokens"] = self.global_sum(tokens)
         stats["items"] = n_global
         if grad_norm is not None:
             stats["grad_norm"] = float(grad_norm)
@@ -276,126 +455,13 @@ class Trainer:
             n_local += self.objective.count(batch)
             loss_sum += float(out.loss)
             metrics.add(out.metrics)
-        n = self._global_sum(n_local)
+        n = self.global_sum(n_local)
         means = {
-            "loss": self._global_sum(loss_sum) / max(n, 1.0),
-            **metrics.means(self._global_sum, n),
+            "loss": self.global_sum(loss_sum) / max(n, 1.0),
+            **metrics.means(self.global_sum, n),
         }
         means.update(self.objective.derived(means))
         return {f"eval_{k}": v for k, v in means.items()}
-
-    # -- the loop -----------------------------------------------------------
-    def fit(self, resume: bool = False) -> TrainResult:
-        cfg, acc = self.cfg, self.accelerator
-        ckpt_root = self.out / "checkpoints"
-        step = 0
-        writer = None
-        if acc.is_main_process:
-            tb = self.out / "tensorboard" if cfg.tensorboard else None
-            writer = MetricsWriter(self.out / "metrics.jsonl", tb)
-        if resume:
-            path = latest_checkpoint(ckpt_root)
-            if path is not None:
-                state = load_checkpoint(acc, path)
-                step = int(state["step"])
-                self.best = state.get("best")
-                log.info("resumed from %s (step %d)", path, step)
-                if writer:
-                    writer.truncate_after(step)
-        elif writer and writer.path.exists():
-            writer.path.unlink()
-
-        t0 = time.perf_counter()
-        window: dict[str, float] = {}
-        window_steps = 0
-        window_t = time.perf_counter()
-        last_eval: dict[str, float] = {}
-        train_loss = float("nan")
-        if cfg.eval_on_start and step == 0 and self.eval_data:
-            last_eval = self.evaluate()
-            if writer:
-                writer.write({"step": 0, **last_eval})
-        progress = Progress(self.total_steps, self.name, acc.is_main_process, start=step)
-        try:
-            while step < self.total_steps:
-                epoch, in_epoch = divmod(step, self.steps_per_epoch)
-                self.sampler.set_epoch(epoch)
-                if hasattr(self.loader, "set_epoch"):
-                    self.loader.set_epoch(epoch)
-                skip = in_epoch * cfg.grad_accum
-                loader = acc.skip_first_batches(self.loader, skip) if skip else self.loader
-                batches = iter(loader)
-                while step < self.total_steps:
-                    micro = list(islice(batches, cfg.grad_accum))
-                    if not micro:
-                        break
-                    stats = self._step(micro)
-                    step += 1
-                    train_loss = stats["loss"]
-                    for k, v in stats.items():
-                        window[k] = window.get(k, 0.0) + v
-                    window_steps += 1
-                    do_eval = cfg.eval_every > 0 and step % cfg.eval_every == 0
-                    last = step == self.total_steps
-                    if do_eval or (last and self.eval_data):
-                        last_eval = self.evaluate()
-                        self._keep_if_best(step, last_eval)
-                    if step % cfg.log_every == 0 or do_eval or last:
-                        elapsed = time.perf_counter() - window_t
-                        record = self._window_record(window, window_steps, elapsed)
-                        record = {"step": step, "epoch": step / self.steps_per_epoch, **record}
-                        record["lr"] = self.scheduler.get_last_lr()[0]
-                        if do_eval or last:
-                            record.update(last_eval)
-                        if writer:
-                            writer.write(record)
-                        window, window_steps, window_t = {}, 0, time.perf_counter()
-                    progress.update(step, {"loss": train_loss, **_short(last_eval)})
-                    if cfg.save_every > 0 and step % cfg.save_every == 0 and not last:
-                        state = {
-                            "step": step,
-                            "epoch": epoch,
-                            "best": self.best,
-                        }
-                        save_checkpoint(acc, ckpt_root, step, state, cfg.keep_checkpoints)
-                    in_epoch += 1
-        finally:
-            progress.close()
-            if writer:
-                writer.close()
-        if self.best is None:
-            self._save_final()
-        return TrainResult(
-            step, train_loss, last_eval, self.out / "final", time.perf_counter() - t0, self.best
-        )
-
-    def _save_final(self) -> None:
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            save_pretrained_atomic(acc.unwrap_model(self.model), self.tokenizer, self.out / "final")
-        acc.wait_for_everyone()
-
-    def _keep_if_best(self, step: int, metrics: dict[str, float]) -> None:
-        """With ``best_metric`` set, final/ always holds the best evaluated model."""
-        key = self.cfg.best_metric
-        if not key or key not in metrics:
-            return
-        value = metrics[key]
-        if self.best is not None:
-            old = self.best[key]
-            if not (value > old if self.cfg.best_mode == "max" else value < old):
-                return
-        self.best = {"step": step, **metrics}
-        self._save_final()
-
-    def _window_record(self, window: dict[str, float], n: int, seconds: float) -> dict[str, float]:
-        tokens = window.pop("tokens", 0.0)
-        window.pop("items", None)
-        rec = {k: v / max(n, 1) for k, v in window.items()}
-        rec.update(self.objective.derived(rec))
-        rec["tokens_per_s"] = tokens / seconds if seconds > 0 else 0.0
-        return rec
 
 
 def _short(metrics: dict[str, float]) -> dict[str, float]:
