@@ -95,6 +95,15 @@ def stage_config(cls, spec: dict, keys: tuple[str, ...]):
     return cfg
 
 
+def run_json_child(cmd: list[str], result_path: Path, label: str, env: dict | None = None) -> dict:
+    """Run ``cmd`` in a fresh process and read the JSON object it wrote to ``result_path``.
+    The child's stdout (progress bars) goes to our stderr: our stdout is the JSON."""
+    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, check=False, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{label} child failed with exit code {proc.returncode}")
+    return json.loads(result_path.read_text(encoding="utf-8"))
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set size in MiB (``ru_maxrss`` is KiB on Linux)."""
     import resource
@@ -252,6 +261,10 @@ class Bench:
         if args.child_config:
             self.child(args, start)
             return 0
+        return self.report(args, bench)
+
+    def report(self, args: argparse.Namespace, bench: Callable[[argparse.Namespace], dict]) -> int:
+        """Run ``bench(args)`` and print its dict as JSON on stdout; 1 on failure."""
         t0 = time.perf_counter()
         try:
             result = bench(args)
@@ -324,19 +337,8 @@ class Bench:
 
     def run_child(self, spec: dict, result_path: Path, label: str) -> dict:
         self.say(f"{label}: {self.name} with max_steps={spec['steps']} in a fresh process")
-        cmd = [
-            sys.executable,
-            str(self.script),
-            "--child-config",
-            json.dumps(spec),
-            "--child-result",
-            str(result_path),
-        ]
-        # The child's stdout (rich progress bar) goes to our stderr: stdout is the JSON.
-        proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{label} child failed with exit code {proc.returncode}")
-        return json.loads(result_path.read_text(encoding="utf-8"))
+        cmd = [sys.executable, str(self.script), "--child-config", json.dumps(spec)]
+        return run_json_child([*cmd, "--child-result", str(result_path)], result_path, label)
 
     def measure(self, work: Path, steps: int, prepare: Callable[[], dict]) -> Runs:
         """Time the import, call ``prepare()`` (builds the inputs, returns the child
@@ -363,3 +365,96 @@ class Bench:
                 f"than the 1-step run ({one['wall_seconds']:.3f}s); use more --steps"
             )
         return runs
+
+
+# ---- per-step clocks, for side-by-side runs of two frameworks ------------------
+
+
+class StepClock:
+    """Timestamps of one training child, whatever the framework: the end of its
+    imports, the start of its first optimizer step, and the end of every step with
+    its tokens and loss. Losses may be 0-d tensors: they are read once, at the end,
+    so that recording them adds no synchronisation to a step."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.imported: float | None = None
+        self.first_step: float | None = None
+        self.ends: list[float] = []
+        self.tokens: list[float] = []
+        self.losses: list[Any] = []
+
+    def mark_imported(self) -> None:
+        self.imported = time.perf_counter()
+
+    def step_begin(self) -> None:
+        if self.first_step is None:
+            self.first_step = time.perf_counter()
+
+    def step_end(self, tokens: float, loss: Any) -> None:
+        self.ends.append(time.perf_counter())
+        self.tokens.append(float(tokens))
+        self.losses.append(loss)
+
+    def result(self, warmup: int) -> dict:
+        """Import and set-up seconds, the first step's seconds, and the seconds and
+        tokens of every step after the first ``warmup`` ones (step i's time runs from
+        the end of step i-1 to its own end: data loading and logging included)."""
+        if self.imported is None or self.first_step is None or len(self.ends) <= warmup:
+            raise RuntimeError(f"the child ran {len(self.ends)} steps; needs more than {warmup}")
+        intervals = [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)]
+        return {
+            "import_seconds": self.imported - self.start,
+            "setup_seconds": self.first_step - self.imported,
+            "first_step_seconds": self.ends[0] - self.first_step,
+            "step_seconds": intervals[warmup - 1 :] if warmup else intervals,
+            "step_tokens": self.tokens[warmup:] if warmup else self.tokens[1:],
+            "losses": [float(x) for x in self.losses],
+            "peak_rss_mb": peak_rss_mb(),
+        }
+
+
+def median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    import statistics
+
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
+def summarize_side(runs: list[dict]) -> dict:
+    """One framework's runs of one workload: medians over runs, and their spread.
+
+    ``seconds_per_step``: the median over runs of each run's median step time, with
+    the lowest and highest run median (``run_range``) and the pooled quartiles of
+    every timed step (``step_quartiles``). ``tokens_per_s``: each run's timed tokens
+    over its timed seconds, median over runs. ``peak_rss_mb``: the highest of the runs.
+    """
+    per_run = [median(r["step_seconds"]) for r in runs]
+    pooled = [s for r in runs for s in r["step_seconds"]]
+    rates = [sum(r["step_tokens"]) / sum(r["step_seconds"]) for r in runs]
+    return {
+        "seconds_per_step": {
+            "median": round(median(per_run), 5),
+            "run_range": [round(min(per_run), 5), round(max(per_run), 5)],
+            "step_quartiles": [round(q, 5) for q in quartiles(pooled)],
+        },
+        "tokens_per_s": round(median(rates), 1),
+        "tokens_per_step": round(sum(runs[0]["step_tokens"]) / len(runs[0]["step_tokens"]), 1),
+        "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1),
+        "import_seconds": round(median([r["import_seconds"] for r in runs]), 3),
+        "setup_seconds": round(median([r["setup_seconds"] for r in runs]), 3),
+        "import_plus_setup_seconds": round(
+            median([r["import_seconds"] + r["setup_seconds"] for r in runs]), 3
+        ),
+        "first_step_seconds": round(median([r["first_step_seconds"] for r in runs]), 3),
+        "final_loss": round(runs[0]["losses"][-1], 6),
+        "repeats": len(runs),
+    }

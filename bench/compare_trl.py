@@ -1,0 +1,470 @@
+"""rlhfkit against TRL on the same work, side by side; prints one JSON object to stdout.
+
+Usage (after ``make bench-setup``, which builds TRL's own venv in ``bench/.trl-venv``)::
+
+    python bench/compare_trl.py [--repeats R] [--steps N] [--batch-size B]
+                                [--workloads sft,rm,dpo-live,dpo-precomputed] [--out DIR]
+
+What is compared. One tiny llama built once by ``rlhfkit tiny`` (vocab 512, hidden
+128, 4 layers, seed 0) and loaded from that folder by both sides; the built-in
+task's data (2000 demonstrations for SFT, 2000 synthetic helpfulness pairs for RM
+and DPO), written once as JSONL in each framework's format (rlhfkit records;
+TRL's conversational prompt / completion and prompt / chosen / rejected columns,
+so TRL applies the same chat template). The same hyper-parameters on both sides:
+batch B pairs or examples, max length 64 (nothing is truncated), N optimizer
+steps, AdamW (torch, betas 0.9 / 0.999, eps 1e-8, no weight decay), cosine
+schedule without warm-up, gradient clipping at 1.0, seed 0, fp32 (TRL's defaults
+of bf16 autocast and gradient checkpointing are turned off: rlhfkit uses neither),
+no packing, right padding to the longest row of the batch, dataloader workers 0,
+no evaluation, no checkpoint, one log line at the end. TRL's data order is set to
+rlhfkit's (``EpochSampler``: ``randperm`` seeded with ``seed * 100003 + epoch``), so
+both sides train on the same batches and their loss curves can be compared step
+by step (``loss_curve_max_abs_diff``); N * B must fit in one epoch.
+
+* ``sft``: ``run_sft`` vs ``SFTTrainer`` (loss on the completion tokens only),
+  lr 1e-3.
+* ``rm``: ``run_rm`` (pairwise loss) vs ``RewardTrainer``, lr 1e-4; both load the
+  reward model with ``AutoModelForSequenceClassification`` after seeding with 0,
+  so the new heads start equal.
+* ``dpo-live``: ``run_dpo`` vs ``DPOTrainer``, sigmoid loss, beta 0.1, lr 1e-5,
+  a frozen reference copy scoring every batch on both sides.
+* ``dpo-precomputed``: the same with the reference log-probs computed in one pass
+  before training (``precompute_ref`` / ``precompute_ref_log_probs``); that pass
+  is part of set-up.
+
+Method. Every run is a fresh process with the framework's own venv python
+(rlhfkit: this interpreter; TRL: ``--trl-python``), so imports and peak memory are
+per framework. The two sides alternate (rlhfkit first in even repeats, TRL first
+in odd ones), ``--repeats`` times per workload. In each child:
+
+* ``import_seconds``: importing the framework's trainer (and torch, transformers
+  ... that it pulls in), from the start of the child's main code.
+* ``setup_seconds``: from then to the start of the first optimizer step: data
+  loading and tokenization, model (and reference) loading, optimizer, and the
+  precomputed reference pass.
+* ``seconds_per_step``: the time from the end of one step to the end of the next
+  (data loading, forward, backward, optimizer and logging), leaving out the first
+  ``--warmup`` steps; median over the run, then median over runs, with the run
+  range and the pooled step quartiles as the spread.
+* ``tokens_per_s``: the attention-mask tokens of the timed steps over their time.
+* ``peak_rss_mb``: the child's ``ru_maxrss``; ``final_loss``: the last step's loss.
+
+``ratio`` is rlhfkit / TRL for every number (below 1 is better for time and
+memory); ``throughput_x`` is TRL's seconds per step over rlhfkit's (above 1: rlhfkit
+is faster). ``load_avg_1m`` is sampled before every run: on a shared machine,
+other work skews the timings, so look at it first.
+
+Progress goes to stderr; stdout carries the JSON only. Exits non-zero on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import harness  # bench/ is on sys.path when this file is run as a script
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_TRL_PYTHON = HERE / ".trl-venv" / "bin" / "python"
+N_RECORDS = 2000
+MAX_LENGTH = 64
+SEED = 0
+H = harness.Bench("compare", __file__, "rlhfkit")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One row of the comparison: which data it trains on, its learning rate, and
+    the stage-specific settings of each side (rlhfkit config keys; TRL config keys)."""
+
+    name: str
+    data: str  # "sft" or "preference"
+    learning_rate: float
+    rlhfkit_stage: str  # "sft" | "rm" | "dpo"
+    rlhfkit: dict
+    trl: dict
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("sft", "sft", 1e-3, "sft", {}, {}),
+        Workload("rm", "preference", 1e-4, "rm", {"loss": "pairwise"}, {}),
+        Workload(
+            "dpo-live",
+            "preference",
+            1e-5,
+            "dpo",
+            {"loss": "sigmoid", "beta": 0.1, "precompute_ref": False},
+            {"loss_type": ["sigmoid"], "beta": 0.1, "precompute_ref_log_probs": False},
+        ),
+        Workload(
+            "dpo-precomputed",
+            "preference",
+            1e-5,
+            "dpo",
+            {"loss": "sigmoid", "beta": 0.1, "precompute_ref": True},
+            {"loss_type": ["sigmoid"], "beta": 0.1, "precompute_ref_log_probs": True},
+        ),
+    )
+}
+
+# rlhfkit stage -> (config class, module, runner)
+RLHFKIT_STAGES = {
+    "sft": ("SFTConfig", "rlhfkit.training.stages.sft", "run_sft"),
+    "rm": ("RMConfig", "rlhfkit.training.stages.reward", "run_rm"),
+    "dpo": ("DPOConfig", "rlhfkit.training.stages.dpo", "run_dpo"),
+}
+
+
+# ---- parent: inputs ---------------------------------------------------------------
+
+
+def build_model(work: Path) -> Path:
+    """The tiny model, built once by the ``rlhfkit tiny`` command."""
+    model = work / "tiny-llama"
+    if not (model / "config.json").exists():
+        H.say(f"building the tiny model with `rlhfkit tiny` in {model}")
+        cli = Path(sys.executable).with_name("rlhfkit")
+        cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "rlhfkit"]
+        subprocess.run([*cmd, "tiny", "--out", str(model)], check=True, stdout=sys.stderr)
+    return model
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def write_data(work: Path) -> dict[str, dict[str, str]]:
+    """The built-in task's data, in rlhfkit's and in TRL's format: kind -> side -> path."""
+    from rlhfkit.demo.preferences import synthetic_preferences
+    from rlhfkit.demo.task import Task
+
+    task = Task()
+    demos = [[m.as_dict() for m in r.messages] for r in task.demonstrations(N_RECORDS, seed=0)]
+    prefs = [r.to_dict() for r in synthetic_preferences(task, "train", n=N_RECORDS, seed=0)]
+
+    def reply(text: str) -> list[dict]:
+        return [{"role": "assistant", "content": text}]
+
+    d = work / "data"
+    return {
+        "sft": {
+            "rlhfkit": write_jsonl(d / "sft.jsonl", [{"messages": m} for m in demos]),
+            "trl": write_jsonl(
+                d / "sft-trl.jsonl", [{"prompt": m[:-1], "completion": m[-1:]} for m in demos]
+            ),
+        },
+        "preference": {
+            "rlhfkit": write_jsonl(d / "prefs.jsonl", prefs),
+            "trl": write_jsonl(
+                d / "prefs-trl.jsonl",
+                [
+                    {
+                        "prompt": p["prompt"],
+                        "chosen": reply(p["chosen"]),
+                        "rejected": reply(p["rejected"]),
+                    }
+                    for p in prefs
+                ],
+            ),
+        },
+    }
+
+
+# ---- children: one training run each ------------------------------------------------
+
+
+def rlhfkit_child(spec: dict, clock: harness.StepClock) -> None:
+    """rlhfkit's stage runner, with ``Trainer.train_step`` wrapped by the clock."""
+    import importlib
+
+    cls_name, module, runner = RLHFKIT_STAGES[spec["rlhfkit_stage"]]
+    from rlhfkit import config as config_mod
+    from rlhfkit.training.loop import Trainer
+
+    run = getattr(importlib.import_module(module), runner)
+    clock.mark_imported()
+    cfg = getattr(config_mod, cls_name)(
+        model=spec["model"],
+        data=spec["data"],
+        out=spec["out"],
+        max_steps=spec["steps"],
+        batch_size=spec["batch_size"],
+        max_length=MAX_LENGTH,
+        learning_rate=spec["learning_rate"],
+        seed=SEED,
+        log_every=spec["steps"],
+        eval_fraction=0.0,
+        **spec["rlhfkit"],
+    )
+    cfg.validate()
+    step = Trainer.train_step
+
+    def timed_step(self: Any) -> dict:
+        clock.step_begin()
+        stats = step(self)
+        clock.step_end(stats["tokens"], stats["loss"])
+        return stats
+
+    Trainer.train_step = timed_step  # type: ignore[method-assign]
+    run(cfg, overwrite=True)
+
+
+def trl_child(spec: dict, clock: harness.StepClock) -> None:
+    """TRL's trainer for the workload, configured like rlhfkit (see the module doc)."""
+    import torch
+    import transformers
+    import trl
+    from datasets import Dataset
+
+    clock.mark_imported()
+    stage = spec["rlhfkit_stage"]
+    rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines()]
+    dataset = Dataset.from_list(rows)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(spec["model"])
+    common = {
+        "output_dir": spec["out"],
+        "per_device_train_batch_size": spec["batch_size"],
+        "max_steps": spec["steps"],
+        "learning_rate": spec["learning_rate"],
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "seed": SEED,
+        "bf16": False,
+        "fp16": False,
+        "gradient_checkpointing": False,
+        "optim": "adamw_torch",
+        "dataloader_num_workers": 0,
+        "report_to": "none",
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "logging_steps": spec["steps"],
+        "disable_tqdm": True,
+        "use_cpu": True,
+        "max_length": MAX_LENGTH,
+        **spec["trl"],
+    }
+    if stage == "rm":
+        transformers.set_seed(SEED)  # as rlhfkit seeds before loading: equal new heads
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            spec["model"], num_labels=1, dtype=torch.float32
+        )
+        model.config.pad_token_id = tokenizer.pad_token_id
+        trainer_cls, args = trl.RewardTrainer, trl.RewardConfig(**common)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            spec["model"], dtype=torch.float32
+        )
+        if stage == "sft":
+            trainer_cls, args = trl.SFTTrainer, trl.SFTConfig(**common)
+        else:
+            trainer_cls, args = trl.DPOTrainer, trl.DPOConfig(**common)
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            clock.step_begin()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            clock.step_end(batch_tokens[len(clock.ends)], step_loss[-1])
+
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+    )
+    batch_tokens: list[int] = []  # per collated batch; batch i is step i (no accumulation)
+    step_loss: list[Any] = []
+    collate = trainer.data_collator
+
+    def counting_collate(examples: list[dict]) -> dict:
+        batch = collate(examples)
+        batch_tokens.append(int(batch["attention_mask"].sum()))
+        return batch
+
+    compute_loss = trainer.compute_loss
+
+    def recording_loss(*a: Any, **k: Any) -> Any:
+        loss = compute_loss(*a, **k)
+        step_loss.append((loss[0] if isinstance(loss, tuple) else loss).detach())
+        return loss
+
+    order = rlhfkit_order(len(dataset), SEED)
+    trainer.data_collator = counting_collate
+    trainer.compute_loss = recording_loss  # type: ignore[method-assign]
+    trainer._get_train_sampler = lambda *a, **k: order  # type: ignore[method-assign]
+    trainer.train()
+
+
+def rlhfkit_order(n: int, seed: int, epoch: int = 0) -> list[int]:
+    """The data order of ``rlhfkit.training.loop.EpochSampler(n, seed)`` in ``epoch``
+    (restated here: TRL's venv has no rlhfkit)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+CHILDREN: dict[str, Callable[[dict, harness.StepClock], None]] = {
+    "rlhfkit": rlhfkit_child,
+    "trl": trl_child,
+}
+
+
+def child_main(args: argparse.Namespace) -> int:
+    clock = harness.StepClock()
+    spec = json.loads(args.child_config)
+    CHILDREN[spec["side"]](spec, clock)
+    import torch
+
+    out = clock.result(spec["warmup"])
+    out["torch_threads"] = torch.get_num_threads()
+    Path(args.child_result).write_text(json.dumps(out), encoding="utf-8")
+    return 0
+
+
+# ---- parent: alternate, repeat, summarise ---------------------------------------------
+
+
+def side_versions(python: str) -> dict:
+    code = (
+        "import json, platform; from importlib.metadata import version as v\n"
+        "names = ('torch', 'transformers', 'accelerate', 'trl', 'rlhfkit')\n"
+        "def get(n):\n try: return v(n)\n except Exception: return None\n"
+        "print(json.dumps({'python': platform.python_version(), **{n: get(n) for n in names}}))"
+    )
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def compare(side_runs: dict[str, list[dict]]) -> dict:
+    """Both sides' summaries, the rlhfkit / TRL ratios and the loss-curve agreement."""
+    ours, theirs = (harness.summarize_side(side_runs[s]) for s in ("rlhfkit", "trl"))
+    keys = (
+        "tokens_per_s",
+        "peak_rss_mb",
+        "import_seconds",
+        "setup_seconds",
+        "import_plus_setup_seconds",
+        "final_loss",
+    )
+    ratio = {
+        "seconds_per_step": ours["seconds_per_step"]["median"]
+        / theirs["seconds_per_step"]["median"]
+    }
+    ratio.update({k: ours[k] / theirs[k] for k in keys if theirs[k]})
+    a, b = side_runs["rlhfkit"][0]["losses"], side_runs["trl"][0]["losses"]
+    return {
+        "rlhfkit": ours,
+        "trl": theirs,
+        "ratio": {k: round(v, 3) for k, v in ratio.items()},
+        "throughput_x": round(1.0 / ratio["seconds_per_step"], 3),
+        "loss_curve_max_abs_diff": round(max(abs(x - y) for x, y in zip(a, b, strict=True)), 6),
+    }
+
+
+def bench(args: argparse.Namespace) -> dict:
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
+    trl_python = str(args.trl_python)
+    if not Path(trl_python).exists():
+        raise FileNotFoundError(f"{trl_python}: no TRL venv; run `make bench-setup` first")
+    pythons = {"rlhfkit": sys.executable, "trl": trl_python}
+    started = time.perf_counter()
+    load_start = harness.load_avg_1m()
+    with H.workdir(args.out) as work:
+        model = build_model(work)
+        data = write_data(work)
+        runs: dict[str, dict[str, list[dict]]] = {n: {"rlhfkit": [], "trl": []} for n in names}
+        loads: list[float] = []
+        for r in range(args.repeats):
+            for name in names:
+                w = WORKLOADS[name]
+                sides = ("rlhfkit", "trl") if r % 2 == 0 else ("trl", "rlhfkit")
+                for side in sides:
+                    label = f"[{r + 1}/{args.repeats}] {name} {side}"
+                    loads.append(harness.load_avg_1m())
+                    H.say(f"{label} (load {loads[-1]:.2f})")
+                    spec = {
+                        "side": side,
+                        "rlhfkit_stage": w.rlhfkit_stage,
+                        "rlhfkit": w.rlhfkit,
+                        "trl": w.trl,
+                        "model": str(model),
+                        "data": data[w.data][side],
+                        "out": str(work / "runs" / f"{name}-{side}-{r}"),
+                        "steps": args.steps,
+                        "warmup": args.warmup,
+                        "batch_size": args.batch_size,
+                        "learning_rate": w.learning_rate,
+                    }
+                    result = work / f"{name}-{side}-{r}.json"
+                    cmd = [pythons[side], str(H.script), "--child-config", json.dumps(spec)]
+                    cmd += ["--child-result", str(result)]
+                    runs[name][side].append(harness.run_json_child(cmd, result, label))
+        threads = runs[names[0]]["rlhfkit"][0]["torch_threads"]
+    return {
+        "workloads": {n: compare(runs[n]) for n in names},
+        "config": {
+            "steps": args.steps,
+            "warmup_steps_left_out": args.warmup,
+            "repeats": args.repeats,
+            "batch_size": args.batch_size,
+            "max_length": MAX_LENGTH,
+            "records": N_RECORDS,
+            "learning_rate": {n: WORKLOADS[n].learning_rate for n in names},
+            "precision": "fp32",
+            "torch_threads": threads,
+        },
+        "versions": {"rlhfkit": side_versions(sys.executable), "trl": side_versions(trl_python)},
+        "machine": harness.machine(),
+        "load_avg_1m": {
+            "start": round(load_start, 2),
+            "median_before_runs": round(harness.median(loads), 2),
+            "max_before_runs": round(max(loads), 2),
+            "end": round(harness.load_avg_1m(), 2),
+        },
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--repeats", type=int, default=3, help="runs per side and workload (3)")
+    p.add_argument("--steps", type=int, default=40, help="optimizer steps per run (40)")
+    p.add_argument("--warmup", type=int, default=5, help="first steps left out of timing (5)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples or pairs per step (32)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
+    p.add_argument("--trl-python", default=str(DEFAULT_TRL_PYTHON), help="TRL venv's python")
+    p.add_argument("--out", help="work folder to keep (default: a temp folder, removed)")
+    p.add_argument("--child-config", help=argparse.SUPPRESS)
+    p.add_argument("--child-result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child_config:
+        return child_main(args)
+    if args.steps * args.batch_size > N_RECORDS:
+        p.error(f"--steps x --batch-size must fit one epoch ({N_RECORDS} records)")
+    if not 0 < args.warmup < args.steps - 1 or args.repeats < 1:
+        p.error("need 0 < --warmup < --steps - 1 and --repeats >= 1")
+    return H.report(args, bench)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
