@@ -167,3 +167,11 @@ class ApiClient:
 
     def close(self) -> None:
         self.http.close()
+
+
+def people_in(store: Store, *names: str):
+    """Annotators with the password ``password-<name>`` (cheap argon2 parameters)."""
+    from rlhfkit.feedback.store import Accounts, fast_hasher
+
+    accounts = Accounts(store, fast_hasher())
+    return [accounts.create(n, password="password-" + n) for n in names]

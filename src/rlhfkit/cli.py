@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.feedback.labeling_cli import label_app
 
 app = typer.Typer(
     help="rlhfkit: align language models with human feedback (SFT, RM, PPO, DPO, GRPO, ...).",
@@ -20,6 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+app.add_typer(label_app, name="label")
 
 _state = {"debug": False}
 

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import select, text
 
-from label_support import PAIR, candidate_sets, db_for, seeded_store
+from label_support import PAIR, candidate_sets, db_for, people_in, seeded_store
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.feedback.store import (
     Accounts,
@@ -34,11 +34,6 @@ BACKENDS = ["sqlite", "postgresql"]
 @pytest.fixture(params=BACKENDS)
 def db(request, tmp_path) -> str:
     return db_for(request.param, tmp_path)
-
-
-def people(store: Store, *names: str):
-    accounts = Accounts(store, fast_hasher())
-    return [accounts.create(n, password="password-" + n) for n in names]
 
 
 def test_fresh_database_is_at_head_with_a_persistent_secret(db):
@@ -129,7 +124,7 @@ def test_gold_rows_need_an_order(tmp_path):
 
 def test_overlap_no_repeats_and_randomised_recorded_sides(db, task):
     store = seeded_store(db, task, n=30, overlap=2)
-    ann = people(store, "a1", "a2", "a3")
+    ann = people_in(store, "a1", "a2", "a3")
     work = Work(store, random.Random(0))
     seen: dict[int, set[int]] = {a.id: set() for a in ann}
     swapped = 0
@@ -166,7 +161,7 @@ def test_gold_tasks_are_mixed_in_at_the_configured_rate(db, task, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     sets, _ = read_candidates(path, gold=True)
     assert import_candidates(store, sets).gold_tasks == 40
-    (ann,) = people(store, "g")
+    (ann,) = people_in(store, "g")
     work = Work(store, random.Random(1))
     gold = 0
     for _ in range(40):
@@ -179,7 +174,7 @@ def test_gold_tasks_are_mixed_in_at_the_configured_rate(db, task, tmp_path):
 
 def test_submit_is_idempotent_and_checked(db, task):
     store = seeded_store(db, task, n=4)
-    a, b = people(store, "a", "b")
+    a, b = people_in(store, "a", "b")
     work = Work(store, random.Random(0))
     view = work.next(a.id)
     sid = uuid.uuid4()
@@ -216,7 +211,7 @@ def test_submit_is_idempotent_and_checked(db, task):
 
 def test_skip_releases_the_slot_and_undo_reopens(db, task):
     store = seeded_store(db, task, n=1, overlap=1)
-    a, b = people(store, "a", "b")
+    a, b = people_in(store, "a", "b")
     work = Work(store, random.Random(0))
     view = work.next(a.id)
     assert work.next(b.id) is None  # the only slot is taken
@@ -235,12 +230,12 @@ def test_skip_releases_the_slot_and_undo_reopens(db, task):
     assert work.progress(b.id).done == 1
     assert store.integrity_problems() == []
     with pytest.raises(NotFound, match="nothing to undo"):
-        Work(store).undo(people(store, "c")[0].id)
+        Work(store).undo(people_in(store, "c")[0].id)
 
 
 def test_concurrent_duplicate_submits_record_once(db, task):
     store = seeded_store(db, task, n=40)
-    (a,) = people(store, "a")
+    (a,) = people_in(store, "a")
     work = Work(store)
     results: list = []
     lock = threading.Lock()
@@ -270,7 +265,7 @@ def test_concurrent_duplicate_submits_record_once(db, task):
 
 def test_concurrent_annotators_respect_overlap(db, task):
     store = seeded_store(db, task, n=30, overlap=2)
-    annotators = people(store, *[f"w{i}" for i in range(6)])
+    annotators = people_in(store, *[f"w{i}" for i in range(6)])
     work = Work(store)
     errors: list[Exception] = []
 
@@ -295,7 +290,7 @@ def test_concurrent_annotators_respect_overlap(db, task):
 
 def test_integrity_check_finds_broken_invariants(db, task):
     store = seeded_store(db, task, n=2)
-    (a,) = people(store, "a")
+    (a,) = people_in(store, "a")
     work = Work(store)
     view = work.next(a.id)
     work.submit(a.id, view.id, uuid.uuid4(), answer=PAIR)
