@@ -1,0 +1,71 @@
+"""Per-token log-probs of sampled tokens (rlhfkit.algorithms.logprobs.token_logps)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlhfkit.algorithms.logprobs import token_logps
+
+
+def reference(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0):
+    """The full-tensor formula: log_softmax over the vocabulary, then gather."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def random_batch(seed: int = 0, b: int = 3, t: int = 5, v: int = 13):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, t, v, generator=g) * 3
+    targets = torch.randint(0, v, (b, t), generator=g)
+    return logits, targets
+
+
+def test_hand_values_and_temperature() -> None:
+    # logits [0, ln 3] -> p = [1/4, 3/4]; log p[1] = ln 0.75 = -0.2876821
+    # temperature 2: logits / 2 = [0, ln 3 / 2] -> p[1] = sqrt 3 / (1 + sqrt 3)
+    #   = 1.7320508 / 2.7320508 = 0.6339746; ln = -0.4557464
+    # temperature 0.5: logits * 2 = [0, ln 9] -> p[1] = 9/10; ln 0.9 = -0.1053605
+    logits = torch.tensor([[[0.0, math.log(3.0)]]])
+    targets = torch.tensor([[1]])
+    assert float(token_logps(logits, targets)) == pytest.approx(-0.2876821, abs=1e-6)
+    assert float(token_logps(logits, targets, 2.0)) == pytest.approx(-0.4557464, abs=1e-6)
+    assert float(token_logps(logits, targets, 0.5)) == pytest.approx(-0.1053605, abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.5])
+def test_equals_log_softmax_then_gather(temperature: float) -> None:
+    logits, targets = random_batch()
+    out = token_logps(logits, targets, temperature)
+    assert out.shape == targets.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out, reference(logits, targets, temperature), atol=1e-5, rtol=0)
+    assert (out <= 0).all()
+
+
+def test_low_precision_logits_give_float32() -> None:
+    logits, targets = random_batch(1)
+    out = token_logps(logits.bfloat16(), targets)
+    assert out.dtype == torch.float32
+    expected = reference(logits.bfloat16().float(), targets)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_gradient_flows_and_matches_the_reference(temperature: float) -> None:
+    logits, targets = random_batch(2)
+    weights = torch.randn(targets.shape, generator=torch.Generator().manual_seed(3))
+    a = logits.clone().requires_grad_(True)
+    (token_logps(a, targets, temperature) * weights).sum().backward()
+    b = logits.clone().requires_grad_(True)
+    (reference(b, targets, temperature) * weights).sum().backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=0)
+    # d log p_y / d logit_v = (1[v = y] - p_v) / T, so every row's gradient sums to 0
+    torch.testing.assert_close(a.grad.sum(-1), torch.zeros(targets.shape), atol=1e-5, rtol=0)
+
+
+def test_empty_batch() -> None:
+    out = token_logps(torch.zeros(0, 4, 7), torch.zeros(0, 4, dtype=torch.long))
+    assert out.shape == (0, 4) and out.dtype == torch.float32
