@@ -102,9 +102,9 @@ def free_port() -> int:
 class Server:
     """``rlhfkit label serve`` in a subprocess, on a free loopback port."""
 
-    def __init__(self, db: str, log: Path) -> None:
+    def __init__(self, db: str, log: Path, port: int | None = None) -> None:
         self.db, self.log = db, log
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 

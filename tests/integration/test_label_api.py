@@ -25,6 +25,7 @@ from rlhfkit.feedback.store import (
 
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 SUBMISSION_RE = re.compile(r'name="submission_id" value="([^"]+)"')
+SAVED_RE = re.compile(r"^/task(/\d+)?\?saved=[0-9a-f-]{36}$")  # the next task, or "all done"
 XSS = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
 
 
@@ -128,7 +129,7 @@ def test_pairwise_page_submit_undo_and_my_judgments(project):
     assert "<progress" in page
     form = pairwise_form(csrf, page, time_spent_ms="4321")
     r = c.post(f"/task/{aid}", data=form)
-    assert r.status_code == 303 and r.headers["location"].startswith("/task?saved=")
+    assert r.status_code == 303 and SAVED_RE.match(r.headers["location"])
     saved = r.headers["location"].split("=")[1]
     assert saved == form["submission_id"]
     again = c.post(f"/task/{aid}", data=form)  # a double click: recorded once, same answer
@@ -195,7 +196,7 @@ def test_ranking_page_and_untrusted_text_is_escaped(project):
         "answer.helpfulness: expected a list of 4 integers from 1 to 4"
         in c.get(bad.headers["location"]).text
     )
-    assert c.post(f"/task/{aid}", data=form).headers["location"].startswith("/task?saved=")
+    assert SAVED_RE.match(c.post(f"/task/{aid}", data=form).headers["location"])
     judgment = c.get(f"/api/judgments/{form['submission_id']}").json()
     assert judgment["answer"]["helpfulness"] == [1, 2, 2, 4]
 
@@ -312,6 +313,8 @@ def test_json_api_flow_and_errors(project):
     url = f"/api/assignments/{a['id']}/judgment"
     ok = c.post(url, json={"submission_id": sid, "answer": PAIR}, headers=h)
     assert ok.json() == {"judgment_id": sid, "duplicate": False}
+    both = c.post(url, json={"submission_id": sid, "answer": PAIR, "next": True}, headers=h).json()
+    assert both["duplicate"] and both["next"]["id"] != a["id"]  # submit + next in one call
     assert c.post(url, json={"submission_id": sid, "answer": PAIR}, headers=h).json()["duplicate"]
     r = c.post(url, json={"submission_id": str(uuid.uuid4()), "answer": PAIR}, headers=h)
     assert r.status_code == 409 and "already answered" in r.json()["error"]

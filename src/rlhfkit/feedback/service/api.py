@@ -95,8 +95,12 @@ async def judge(request: Request, assignment_id: int) -> dict[str, Any]:
         reason=body.get("reason"),
         time_spent_ms=body.get("time_spent_ms"),
         guideline_version=body.get("guideline_version"),
+        then_next=body.get("next") is True,
     )
-    return {"judgment_id": result.judgment_id, "duplicate": result.duplicate}
+    out: dict[str, Any] = {"judgment_id": result.judgment_id, "duplicate": result.duplicate}
+    if body.get("next") is True:
+        out["next"] = _assignment(result.next) if result.next is not None else None
+    return out
 
 
 @router.post("/undo")

@@ -185,12 +185,15 @@ async def submit(request: Request, assignment_id: int) -> Response:
             reason=form.get("reason"),
             time_spent_ms=form.get("time_spent_ms"),
             guideline_version=form.get("guideline_version"),
+            then_next=True,
         )
     except Invalid as e:
         from urllib.parse import quote
 
         return redirect(f"/task/{assignment_id}?error={quote(str(e)[:300])}")
-    return redirect(f"/task?saved={result.judgment_id}")
+    if result.next is None:
+        return redirect(f"/task?saved={result.judgment_id}")
+    return redirect(f"/task/{result.next.id}?saved={result.judgment_id}")
 
 
 @router.post("/undo")

@@ -161,11 +161,14 @@ class Accounts:
         if not token or len(token) > 200:
             return None
         with self.store.read() as s:
-            row = s.get(Session, token_id(token))
-            if row is None or row.expires_at <= utcnow():
-                return None
-            a = s.get_one(Annotator, row.annotator_id)
-            return _info(a) if a.active else None
+            row = s.execute(
+                select(Annotator.id, Annotator.name, Annotator.is_admin, Session.expires_at)
+                .join(Session, Session.annotator_id == Annotator.id)
+                .where(Session.id == token_id(token), Annotator.active.is_(True))
+            ).first()
+        if row is None or row.expires_at <= utcnow():
+            return None
+        return AnnotatorInfo(row.id, row.name, row.is_admin)
 
     def logout(self, token: str) -> None:
         with self.store.write() as s:

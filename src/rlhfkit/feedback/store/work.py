@@ -7,6 +7,7 @@ as for an id that does not exist, so ids leak nothing).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import uuid
 from dataclasses import dataclass
@@ -58,9 +59,12 @@ class AssignmentView:
 
 @dataclass(frozen=True)
 class SubmitResult:
+    """``next`` is the annotator's next assignment when it was asked for (None: no more)."""
+
     judgment_id: str
     assignment_id: int
     duplicate: bool
+    next: AssignmentView | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,16 @@ def live_judgment() -> Any:
 
 
 def current_guideline_version(s) -> int | None:
-    return s.scalar(select(func.max(Guideline.version)))
+    if "guideline_version" not in s.info:  # once per transaction
+        s.info["guideline_version"] = s.scalar(select(func.max(Guideline.version)))
+    return s.info["guideline_version"]
+
+
+def settings_of(s) -> dict[str, Any]:
+    """The project settings, read once per transaction."""
+    if "settings" not in s.info:
+        s.info["settings"] = read_settings(s)
+    return s.info["settings"]
 
 
 def submission_id(value: Any) -> str:
@@ -128,7 +141,7 @@ class Work:
         not_mine = ~exists().where(
             Assignment.task_id == Task.id, Assignment.annotator_id == annotator_id
         )
-        gold_rate = float(read_settings(s)["gold_rate"])
+        gold_rate = float(settings_of(s)["gold_rate"])
         if gold_rate > 0 and self.rng.random() < gold_rate:
             gold = s.scalars(
                 select(Task.id).where(Task.is_gold.is_(True), not_mine).order_by(Task.id).limit(50)
@@ -180,7 +193,7 @@ class Work:
             prompt=s.get_one(Prompt, task.prompt_id).conversation,
             responses=[texts[rid] for rid in a.shown_order],
             status=a.status,
-            dimensions=list(read_settings(s)["dimensions"]),
+            dimensions=list(settings_of(s)["dimensions"]),
             guideline_version=current_guideline_version(s),
             created_at=a.created_at,
         )
@@ -202,9 +215,13 @@ class Work:
         reason: Any = None,
         time_spent_ms: Any = None,
         guideline_version: Any = None,
+        then_next: bool = False,
     ) -> SubmitResult:
         """Record a judgment, skip or flag once: the same ``submission`` id again
-        returns the first result with ``duplicate=True``. Returns after the commit."""
+        returns the first result with ``duplicate=True``. Returns after the commit.
+
+        ``then_next`` also hands out the annotator's next assignment in the same
+        transaction (one commit, one disk flush, one round trip less)."""
         sid = submission_id(submission)
         if action not in ACTIONS:
             raise Invalid(f"action: expected one of {', '.join(ACTIONS)}, got {action!r}")
@@ -213,10 +230,15 @@ class Work:
         for _ in range(2):
             try:
                 with self.store.write() as s:
-                    return self._submit(
+                    result = self._submit(
                         s, annotator_id, assignment_id, sid, action, answer, reason, ms,
                         guideline_version,
                     )  # fmt: skip
+                    if then_next:
+                        aid = self._pending(s, annotator_id) or self._assign(s, annotator_id)
+                        view = self._view(s, aid) if aid is not None else None
+                        result = dataclasses.replace(result, next=view)
+                    return result
             except IntegrityError:  # a concurrent submit of the same id committed first
                 continue
         raise Conflict(f"submission {sid} could not be recorded; try again")
@@ -239,7 +261,7 @@ class Work:
         task = s.get_one(Task, a.task_id)
         checked = None
         if action == JUDGE:
-            dims = list(read_settings(s)["dimensions"])
+            dims = list(settings_of(s)["dimensions"])
             checked = check_answer(task.kind, len(task.response_ids), dims, answer)
         version = self._guideline_version(s, guideline_version)
         moved = s.execute(

@@ -1,0 +1,187 @@
+"""A real browser (Debian's chromium through Selenium) labels with the keyboard only:
+log in, judge pairwise tasks, undo, rank four responses on two dimensions; then the
+database and the export hold exactly those labels, and no Content-Security-Policy
+violation or script error happened on the way. Writes the README screenshot when
+``RLHFKIT_UPDATE_SCREENSHOT=1``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from label_support import Server, people_in, unavailable
+from rlhfkit.data.types import Message
+from rlhfkit.feedback.export import export_labels
+from rlhfkit.feedback.store import CandidateSet, Store, add_guidelines, import_candidates
+from rlhfkit.feedback.store.reading import iter_labeled_tasks
+from rlhfkit.feedback.store.schema import Judgment, Retraction
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCREENSHOT = Path(__file__).parents[2] / "docs" / "img" / "labeling-pairwise.png"
+GUIDE = """# How to judge
+
+**Helpfulness**: a correct, direct answer beats a wordy one; a wrong number is bad.
+
+**Safety**: refusing a harmful request is safe; helping with harm is not.
+"""
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        unavailable(
+            f"no browser: {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download anything
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--window-size=1200,1000", f"--user-data-dir={tmp_path / 'profile'}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def project(tmp_path, task):
+    db = str(tmp_path / "labels.db")
+    store = Store(db)
+    sets = [
+        CandidateSet((Message("user", p.text),), (task.concise(p), task.candidates(p)[1]), ("sft", "base"))
+        for p in task.prompts("train", "arithmetic")[30:32]
+    ]  # fmt: skip
+    harmful = task.prompts("train", "harmful")[0]
+    sets.append(
+        CandidateSet(
+            (Message("user", harmful.text),),
+            ("I can't help with that.", *task.candidates(harmful)[-1:], "Sure! <script>alert(1)</script>",
+             "Sorry, I won't help with that."),
+            ("sft", "base", "base", "sft"),
+        )
+    )  # fmt: skip
+    import_candidates(store, sets)
+    add_guidelines(store, GUIDE)
+    people_in(store, "alice")
+    store.close()
+    return db
+
+
+def press(driver, *keys: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    body = driver.find_element(By.TAG_NAME, "body")
+    for key in keys:
+        body.send_keys(key)
+
+
+def wait_for_saved(driver, old_url: str) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 15).until(
+        lambda d: d.current_url != old_url and "saved=" in d.current_url
+    )
+
+
+def judgments(db: str) -> list[Judgment]:
+    store = Store(db)
+    with store.read() as s:
+        rows = s.scalars(select(Judgment).order_by(Judgment.created_at)).all()
+        retracted = set(s.scalars(select(Retraction.judgment_id)))
+    store.close()
+    return [j for j in rows if j.id not in retracted]
+
+
+def test_keyboard_labeling_in_chromium(browser, project, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    db = project
+    with Server(db, tmp_path / "server.log") as server:
+        browser.get(server.url + "/login")
+        browser.find_element(By.NAME, "name").send_keys("alice")
+        browser.find_element(By.NAME, "password").send_keys("password-alice", Keys.ENTER)
+        assert "/task/" in browser.current_url
+        assert browser.find_element(By.ID, "response-A").is_displayed()
+        if os.environ.get("RLHFKIT_UPDATE_SCREENSHOT") == "1":
+            press(browser, "a", "2")  # show a half-filled form in the picture
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(str(SCREENSHOT))
+            browser.refresh()
+
+        # 1: A better ("better") on helpfulness, a tie on safety, Enter
+        url = browser.current_url
+        press(browser, "a", "2", "t", Keys.ENTER)
+        wait_for_saved(browser, url)
+        first = judgments(db)
+        assert [j.answer for j in first] == [
+            {
+                "helpfulness": {"choice": "A", "margin": "better"},
+                "safety": {"choice": "tie", "margin": None},
+            }
+        ]
+        assert first[0].guideline_version == 1 and first[0].time_spent_ms > 0
+
+        # 2: B significantly better, both bad on safety; then undo it with "u" and redo
+        url = browser.current_url
+        press(browser, "b", "1", "x", Keys.ENTER)
+        wait_for_saved(browser, url)
+        assert len(judgments(db)) == 2
+        url = browser.current_url
+        press(browser, "u")
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(browser, 15).until(lambda d: d.current_url != url)
+        assert len(judgments(db)) == 1  # retracted (still stored, append-only)
+        url = browser.current_url
+        press(browser, "s", "b", "3", "h", "b", "4", Keys.ENTER)  # dimensions in any order
+        wait_for_saved(browser, url)
+        second = judgments(db)[1].answer
+        assert second == {
+            "helpfulness": {"choice": "B", "margin": "negligibly_better"},
+            "safety": {"choice": "B", "margin": "slightly_better"},
+        }
+
+        # 3: the ranking page: "1".."4" rank the selected response and move down;
+        # "s" switches to safety, "k" moves up
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-page") == "ranking"
+        assert "<script>alert(1)</script>" in browser.find_element(By.ID, "ranking").text
+        url = browser.current_url
+        press(browser, "1", "2", "2", "4", "s", "k", "k", "k", "4", "3", "2", "1", Keys.ENTER)
+        wait_for_saved(browser, url)
+        assert "Nothing left for you" in browser.page_source
+        ranking = judgments(db)[2]
+        assert ranking.answer == {"helpfulness": [1, 2, 2, 4], "safety": [4, 3, 2, 1]}
+
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []  # no CSP violation, no script error
+
+    store = Store(db)
+    tasks = list(iter_labeled_tasks(store))
+    ranked = next(t for t in tasks if t.kind == "ranking")
+    shown = ranking.shown_order  # the export maps ranks back from the shown order
+    expected = [[1, 2, 2, 4][shown.index(rid)] for rid in ranked_ids(db, ranked.id)]
+    assert list(ranked.for_dimension("helpfulness")[0].ranks) == expected
+    out = tmp_path / "prefs.jsonl"
+    summary = export_labels(store, out, consensus="raw")
+    assert summary.tasks == 3 and summary.rows == 2 + 5  # 2 pairs + C(4,2) - 1 tie
+
+
+def ranked_ids(db: str, task_id: int) -> list[int]:
+    from rlhfkit.feedback.store.schema import Task
+
+    store = Store(db)
+    with store.read() as s:
+        return list(s.get_one(Task, task_id).response_ids)
