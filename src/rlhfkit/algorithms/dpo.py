@@ -144,26 +144,67 @@ def cpl_loss(
     )
 
 
+# Elements of logits per ``logsumexp`` call: bounds its temporaries on large vocabularies.
+LOGSUMEXP_CHUNK = 1 << 24
+
+
+def token_logps(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of every labelled next token: ``log p(y_{t+1} | y_<=t)`` at ``[:, t]``.
+
+    ``logits[:, t]`` predicts ``labels[:, t + 1]`` (shapes ``(B, T, V)`` and ``(B, T)``).
+    Each token log-prob is ``logit[y] - logsumexp(logits)`` in float32, over chunks of
+    rows of at most :data:`LOGSUMEXP_CHUNK` logits, so the full ``(B, T, V)``
+    log-softmax is never materialised. Returns float32 ``(B, T - 1)`` log-probs
+    (0 where the label is ``ignore_index``, differentiable) and the bool mask of
+    labelled positions.
+    """
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != ignore_index
+    safe_labels = shift_labels.masked_fill(~mask, 0).unsqueeze(-1)
+    b, t, v = logits.shape
+    if b == 0 or t < 2:
+        return logits.new_zeros(mask.shape, dtype=torch.float32), mask
+    rows = max(1, LOGSUMEXP_CHUNK // ((t - 1) * v))
+    parts = []
+    for start in range(0, b, rows):
+        chunk = logits[start : start + rows, :-1, :].float()
+        picked = chunk.gather(-1, safe_labels[start : start + rows]).squeeze(-1)
+        parts.append(picked - torch.logsumexp(chunk, dim=-1))
+    per_token = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return torch.where(mask, per_token, 0.0), mask
+
+
 def sequence_logps(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-prob of the labelled next tokens per row, and their count per row.
 
-    ``log pi(y) = sum_t [y_{t+1} != ignore] * log p(y_{t+1} | y_<=t)``, with
-    ``logits[:, t]`` predicting ``labels[:, t + 1]`` (shape ``(B, T, V)`` and ``(B, T)``).
-    Each token log-prob is ``logit[y] - logsumexp(logits)`` in float32, computed one row
-    at a time so the full ``(B, T, V)`` log-softmax is never materialised. Returns
-    ``(logps, counts)``: float32 ``(B,)`` (differentiable) and long ``(B,)``.
+    ``log pi(y) = sum_t [y_{t+1} != ignore] * log p(y_{t+1} | y_<=t)`` (see
+    :func:`token_logps`). Returns ``(logps, counts)``: float32 ``(B,)``
+    (differentiable) and long ``(B,)``.
     """
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != ignore_index
-    safe_labels = shift_labels.masked_fill(~mask, 0)
-    rows = []
-    for i in range(logits.size(0)):
-        row = logits[i, :-1, :].float()
-        token_logps = row.gather(-1, safe_labels[i].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(
-            row, dim=-1
-        )
-        rows.append(torch.where(mask[i], token_logps, 0.0).sum())
-    logps = torch.stack(rows) if rows else logits.new_zeros(0, dtype=torch.float32)
-    return logps, mask.sum(dim=-1)
+    per_token, mask = token_logps(logits, labels, ignore_index)
+    return per_token.sum(dim=-1), mask.sum(dim=-1)
+
+
+def segment_logps(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    segments: torch.Tensor,
+    n_segments: int,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_logps` of packed rows: sums per sequence, not per row.
+
+    ``segments[r, t]`` is the sequence (``0 .. n_segments - 1``) token ``t`` of row
+    ``r`` belongs to; a labelled token ``labels[r, t + 1]`` counts for sequence
+    ``segments[r, t + 1]``. The first token of every sequence must be unlabelled
+    (it would be predicted from the sequence before it). Returns float32
+    ``(n_segments,)`` log-probs and long ``(n_segments,)`` token counts.
+    """
+    per_token, mask = token_logps(logits, labels, ignore_index)
+    owner = segments[:, 1:][mask]
+    logps = per_token.new_zeros(n_segments).index_add(0, owner, per_token[mask])
+    return logps, torch.bincount(owner, minlength=n_segments)

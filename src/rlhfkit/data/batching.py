@@ -29,25 +29,12 @@ def pack(examples: Sequence[TokenizedExample], max_length: int) -> list[PackedRo
     example is masked: in a packed row it would be predicted from the previous
     example's last token (unpacked, the shift drops it anyway).
     """
-    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]), i))
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for i in order:
-        n = len(examples[i])
-        for r, space in enumerate(free):
-            if n <= space:
-                rows[r].append(i)
-                free[r] -= n
-                break
-        else:
-            rows.append([i])
-            free.append(max_length - n)
     packed = []
-    for members in rows:
+    for members in first_fit_decreasing([len(ex) for ex in examples], max_length):
         ids: list[int] = []
         labels: list[int] = []
         pos: list[int] = []
-        for i in sorted(members):
+        for i in members:
             ex = examples[i]
             ids += ex.input_ids
             labels += [IGNORE_INDEX, *ex.labels[1:]]
@@ -56,21 +43,91 @@ def pack(examples: Sequence[TokenizedExample], max_length: int) -> list[PackedRo
     return packed
 
 
+def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into bins of at most ``capacity`` (an item longer than that gets
+    a bin of its own): longest first, each into the first bin with room; ties by index.
+    Bins in creation order, the indices of each ascending. Deterministic."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = lengths[i]
+        for b, space in enumerate(free):
+            if n <= space:
+                bins[b].append(i)
+                free[b] -= n
+                break
+        else:
+            bins.append([i])
+            free.append(capacity - n)
+    return [sorted(b) for b in bins]
+
+
+def pack_batch(rows: Sequence[TokenizedExample], pad_token_id: int) -> dict:
+    """A batch without padding waste: the examples of ``rows`` packed into as few rows
+    as :func:`first_fit_decreasing` needs at the width of the longest one.
+
+    ``position_ids`` restart at 0 for each example and no ``attention_mask`` is
+    returned, so transformers attends within each example only (a block-diagonal
+    causal mask; the pad tail is a segment of its own). ``segments[r, t]`` is the
+    index in ``rows`` of the example token ``t`` of row ``r`` belongs to (-1 on the
+    pad tail), so per-example sums come back with ``index_add``. The first label of
+    every example is masked: packed, it would be predicted from the example before
+    (padded, the shift drops it anyway), so the labelled next tokens are exactly
+    those of the padded batch.
+    """
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids, labels, pos, seg = [], [], [], []
+    for members in first_fit_decreasing([len(r) for r in rows], width):
+        row_ids: list[int] = []
+        row_labels: list[int] = []
+        row_pos: list[int] = []
+        row_seg: list[int] = []
+        for i in members:
+            ex = rows[i]
+            row_ids += ex.input_ids
+            row_labels += [IGNORE_INDEX, *ex.labels[1:]]
+            row_pos += range(len(ex))
+            row_seg += [i] * len(ex)
+        pad = width - len(row_ids)
+        ids.append(row_ids + [pad_token_id] * pad)
+        labels.append(row_labels + [IGNORE_INDEX] * pad)
+        pos.append(row_pos + list(range(pad)))
+        seg.append(row_seg + [-1] * pad)
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "position_ids": torch.tensor(pos, dtype=torch.long),
+        "segments": torch.tensor(seg, dtype=torch.long),
+        "n_segments": len(rows),
+    }
+
+
 class PadCollator:
     """Right-pads ``input_ids`` / ``labels`` (and ``position_ids`` for packed rows).
 
     Unpacked batches get an ``attention_mask``. Packed batches do not: their pad
     tail gets its own restarting positions, so it is a separate segment that
     no real token attends to.
+
+    With ``padding_free``, unpacked batches are collated by :func:`pack_batch`
+    instead: the same examples, the same labelled tokens, fewer positions.
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(
+        self, pad_token_id: int, pad_to_multiple_of: int | None = None, padding_free: bool = False
+    ) -> None:
         self.pad_token_id = pad_token_id
         self.multiple = pad_to_multiple_of
+        self.padding_free = padding_free
 
     def __call__(self, batch: Sequence[TokenizedExample | PackedRow]) -> dict:
         import torch
 
+        if self.padding_free and not isinstance(batch[0], PackedRow):
+            return pack_batch(batch, self.pad_token_id)  # type: ignore[arg-type]
         width = max(len(ex) for ex in batch)
         if self.multiple:
             width = -(-width // self.multiple) * self.multiple
@@ -129,10 +186,12 @@ class GroupCollator:
 class PairCollator:
     """Preference pairs -> one padded batch: the B chosen rows, then the B rejected rows,
     so the policy (and the reference) score both sides in a single forward.
-    Adds ``ref_logps`` (2B,) when every pair has precomputed reference log-probs."""
+    Adds ``ref_logps`` (2B,) when every pair has precomputed reference log-probs.
+    With ``padding_free`` the 2B sequences are packed (:func:`pack_batch`); their
+    ``segments`` keep that order."""
 
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad = PadCollator(pad_token_id)
+    def __init__(self, pad_token_id: int, padding_free: bool = False) -> None:
+        self.pad = PadCollator(pad_token_id, padding_free=padding_free)
 
     def __call__(self, pairs: Sequence[PairExample]) -> dict:
         import torch
@@ -143,3 +202,53 @@ class PairCollator:
             refs = [p.ref[0] for p in pairs] + [p.ref[1] for p in pairs]  # type: ignore[index]
             out["ref_logps"] = torch.tensor(refs, dtype=torch.float32)
         return out
+
+
+def model_inputs(batch: dict) -> dict:
+    """What the model gets of a padded or a packed batch (packed: no attention mask,
+    so restarting ``position_ids`` keep the examples apart)."""
+    keys = ("input_ids", "position_ids") if "segments" in batch else ("input_ids", "attention_mask")
+    return {k: batch[k] for k in keys}
+
+
+def batch_logps(model, batch: dict):
+    """Summed log-probs of the labelled tokens and their counts, per example of a padded
+    batch (one per row) or of a :func:`pack_batch` batch (one per segment)."""
+    from rlhfkit.algorithms.dpo import segment_logps, sequence_logps
+
+    logits = model(**model_inputs(batch), use_cache=False).logits
+    if "segments" in batch:
+        return segment_logps(logits, batch["labels"], batch["segments"], batch["n_segments"])
+    return sequence_logps(logits, batch["labels"])
+
+
+def keeps_packed_apart(model, examples: Sequence[TokenizedExample], pad_token_id: int) -> bool:
+    """Whether ``model`` scores packed examples (:func:`pack_batch`) as it scores them
+    padded, on the two shortest and the longest of ``examples``; False when they do
+    not pack at all.
+
+    transformers turns restarting ``position_ids`` into a block-diagonal mask for
+    most architectures, not for all (nor for remote code), so a stage checks before
+    it uses padding-free batches. Run in eval mode without gradients.
+    """
+    import torch
+
+    by_length = sorted(examples, key=len)
+    sample = [*by_length[:2], by_length[-1]] if len(by_length) >= 3 else []
+    if not sample or len(sample[0]) + len(sample[1]) > len(sample[2]):
+        return False
+    device = next(model.parameters()).device
+
+    def on_device(batch: dict) -> dict:
+        return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            want, _ = batch_logps(model, on_device(PadCollator(pad_token_id)(sample)))
+            got, _ = batch_logps(model, on_device(pack_batch(sample, pad_token_id)))
+    finally:
+        model.train(was_training)
+    fp32 = next(model.parameters()).dtype == torch.float32
+    return torch.allclose(got, want, rtol=1e-4 if fp32 else 2e-2, atol=1e-3 if fp32 else 0.1)

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from rlhfkit.algorithms.dpo import cpl_loss, dpo_loss, sequence_logps
+from rlhfkit.algorithms.dpo import cpl_loss, dpo_loss
 from rlhfkit.config import DPOConfig
-from rlhfkit.data.batching import PairCollator
+from rlhfkit.data.batching import PairCollator, batch_logps, keeps_packed_apart
 from rlhfkit.data.prepare import PairExample, tokenize_pairs
 from rlhfkit.models.loading import is_peft, load_causal_lm, lora_spec
 from rlhfkit.training.loop import LossOutput, Trainer, TrainResult
@@ -26,14 +26,6 @@ from rlhfkit.training.run import prepare_stage, tokenize_splits
 log = logging.getLogger("rlhfkit")
 
 Reference = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]
-
-
-def batch_logps(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs and completion lengths of every row of a pair batch."""
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).logits
-    return sequence_logps(logits, batch["labels"])
 
 
 def frozen_reference(ref_model: torch.nn.Module) -> Reference:
@@ -128,6 +120,15 @@ def precompute_reference(
             pair.ref = (float(ref[i]), float(ref[n + i]))
 
 
+def padding_free(model: torch.nn.Module, pairs: Sequence[PairExample], s: Any) -> bool:
+    """Pack each batch's sequences (same pairs, same tokens, ~half the positions on short
+    completions) when the model keeps packed sequences apart; logged either way."""
+    sample = [ex for p in pairs[:32] for ex in (p.chosen, p.rejected)]
+    ok = keeps_packed_apart(model.to(s.accelerator.device), sample, s.tokenizer.pad_token_id)
+    log.info("padding-free batches: %s", "on" if ok else "off (the model mixes packed sequences)")
+    return ok
+
+
 def run_dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Optimise ``cfg.model`` on the preferences of ``cfg.data``."""
     s = prepare_stage(cfg, "preference", resume=resume, overwrite=overwrite)
@@ -135,8 +136,8 @@ def run_dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False) ->
     model = load_causal_lm(
         cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, lora=lora_spec(cfg)
     )
-    collate = PairCollator(s.tokenizer.pad_token_id)
     acc = s.accelerator
+    collate = PairCollator(s.tokenizer.pad_token_id, padding_free=padding_free(model, train, s))
 
     reference: Reference | None = None
     if cfg.loss != "cpl":

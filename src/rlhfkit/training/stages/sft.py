@@ -10,7 +10,7 @@ import torch
 
 from rlhfkit.algorithms.sft import token_nll_sum
 from rlhfkit.config import SFTConfig
-from rlhfkit.data.batching import PadCollator, pack
+from rlhfkit.data.batching import PadCollator, keeps_packed_apart, pack
 from rlhfkit.data.prepare import tokenize_sft
 from rlhfkit.models.loading import load_causal_lm, lora_spec
 from rlhfkit.training.loop import LossOutput, Trainer, TrainResult
@@ -49,7 +49,14 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False) ->
     model = load_causal_lm(
         cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, lora=lora_spec(cfg)
     )
-    collate = PadCollator(s.tokenizer.pad_token_id)
+    # Unpacked, each batch is still packed into as few rows as it needs (the same
+    # examples and tokens per step) when the model keeps packed sequences apart.
+    free = not cfg.packing and keeps_packed_apart(
+        model.to(s.accelerator.device), train[:64], s.tokenizer.pad_token_id
+    )
+    if not cfg.packing:
+        log.info("padding-free batches: %s", "on" if free else "off")
+    collate = PadCollator(s.tokenizer.pad_token_id, padding_free=free)
     trainer = Trainer(
         cfg, model, s.tokenizer, SFTObjective(), rows, collate, evals, "sft", s.accelerator
     )
