@@ -13,7 +13,9 @@ TRL's conversational prompt / completion and prompt / chosen / rejected columns,
 so TRL applies the same chat template). The same hyper-parameters on both sides:
 batch B pairs or examples, max length 64 (nothing is truncated), N optimizer
 steps, AdamW (torch, betas 0.9 / 0.999, eps 1e-8, no weight decay), cosine
-schedule without warm-up, gradient clipping at 1.0, seed 0, fp32 (TRL's defaults
+schedule without warm-up, gradient clipping at 1.0, seed 0, ``--threads`` torch
+threads (default 1: on a 2-core machine shared with other work, one thread per
+side is far steadier than two fighting over the cores), fp32 (TRL's defaults
 of bf16 autocast and gradient checkpointing are turned off: rlhfkit uses neither),
 no packing, right padding to the longest row of the batch, dataloader workers 0,
 no evaluation, no checkpoint, one log line at the end. TRL's data order is set to
@@ -386,6 +388,9 @@ def bench(args: argparse.Namespace) -> dict:
     if not Path(trl_python).exists():
         raise FileNotFoundError(f"{trl_python}: no TRL venv; run `make bench-setup` first")
     pythons = {"rlhfkit": sys.executable, "trl": trl_python}
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    if args.threads > 0:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     started = time.perf_counter()
     load_start = harness.load_avg_1m()
     with H.workdir(args.out) as work:
@@ -417,7 +422,7 @@ def bench(args: argparse.Namespace) -> dict:
                     result = work / f"{name}-{side}-{r}.json"
                     cmd = [pythons[side], str(H.script), "--child-config", json.dumps(spec)]
                     cmd += ["--child-result", str(result)]
-                    runs[name][side].append(harness.run_json_child(cmd, result, label))
+                    runs[name][side].append(harness.run_json_child(cmd, result, label, env))
         threads = runs[names[0]]["rlhfkit"][0]["torch_threads"]
     return {
         "workloads": {n: compare(runs[n]) for n in names},
@@ -451,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="first steps left out of timing (5)")
     p.add_argument("--batch-size", type=int, default=32, help="examples or pairs per step (32)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of both sides (1: steadiest on a shared machine; 0: torch's default)",
+    )
     p.add_argument("--trl-python", default=str(DEFAULT_TRL_PYTHON), help="TRL venv's python")
     p.add_argument("--out", help="work folder to keep (default: a temp folder, removed)")
     p.add_argument("--child-config", help=argparse.SUPPRESS)
@@ -466,5 +477,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(main())
