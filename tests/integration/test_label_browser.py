@@ -22,6 +22,13 @@ from rlhfkit.feedback.store.schema import Judgment, Retraction
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOT = Path(__file__).parents[2] / "docs" / "img" / "labeling-pairwise.png"
+DRAG_LAST_TO_TOP = """
+const items = document.querySelectorAll(".rank-item");
+const source = items[items.length - 1], target = items[0], data = new DataTransfer();
+source.dispatchEvent(new DragEvent("dragstart", {dataTransfer: data, bubbles: true}));
+target.dispatchEvent(new DragEvent("dragover", {dataTransfer: data, bubbles: true, cancelable: true}));
+target.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));
+"""  # Selenium cannot drive HTML5 drag and drop; these are the browser's own events
 GUIDE = """# How to judge
 
 **Helpfulness**: a correct, direct answer beats a wordy one; a wrong number is bad.
@@ -154,16 +161,19 @@ def test_keyboard_labeling_in_chromium(browser, project, tmp_path):
             "safety": {"choice": "B", "margin": "slightly_better"},
         }
 
-        # 3: the ranking page: "1".."4" rank the selected response and move down;
-        # "s" switches to safety, "k" moves up
+        # 3: the ranking page: "1".."4" rank the selected response and move down
+        # (helpfulness, with a tie); "s" switches to safety, then a drag of the last
+        # response to the top ranks safety by the new order
         assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-page") == "ranking"
         assert "<script>alert(1)</script>" in browser.find_element(By.ID, "ranking").text
         url = browser.current_url
-        press(browser, "1", "2", "2", "4", "s", "k", "k", "k", "4", "3", "2", "1", Keys.ENTER)
+        press(browser, "1", "2", "2", "4", "s")
+        browser.execute_script(DRAG_LAST_TO_TOP)
+        press(browser, Keys.ENTER)
         wait_for_saved(browser, url)
         assert "Nothing left for you" in browser.page_source
         ranking = judgments(db)[2]
-        assert ranking.answer == {"helpfulness": [1, 2, 2, 4], "safety": [4, 3, 2, 1]}
+        assert ranking.answer == {"helpfulness": [1, 2, 2, 4], "safety": [2, 3, 4, 1]}
 
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []  # no CSP violation, no script error

@@ -33,9 +33,9 @@ def gold_answer(labelers: dict[str, SimulatedLabeler], prompt: str, shown: list[
 def test_labels_from_the_app_train_a_reward_model(tmp_path, task, tiny_llama):
     db = str(tmp_path / "labels.db")
     store = Store(db)
-    pairs = synthetic_preferences(task, "train", n=480, dimensions=("helpfulness",), seed=11)
+    pairs = synthetic_preferences(task, "train", n=360, dimensions=("helpfulness",), seed=11)
     n_tasks = import_candidates(store, candidates_from_records(pairs), overlap=1).tasks
-    assert n_tasks > 400  # repeated pairs are one task
+    assert n_tasks > 300  # repeated pairs are one task
     names = ["ann-a", "ann-b"]
     people_in(store, *names)
     client_app = create_app(store, hasher=fast_hasher())
@@ -75,18 +75,18 @@ def test_labels_from_the_app_train_a_reward_model(tmp_path, task, tiny_llama):
     # no ties: every pair differs on gold helpfulness, so every task gives one row
     assert f"{n_tasks} rows from {n_tasks} labeled tasks" in r.output
     heldout = tmp_path / "heldout.jsonl"
-    held = synthetic_preferences(task, "heldout", n=300, dimensions=("helpfulness",), seed=12)
+    held = synthetic_preferences(task, "heldout", n=200, dimensions=("helpfulness",), seed=12)
     heldout.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in held))
     out = tmp_path / "rm"
     r = runner.invoke(
         cli,
         ["rm", "--model", str(tiny_llama), "--data", str(prefs), "--out", str(out), "--loss", "margin",
-         "--set", f"eval_data={heldout}", "--set", "max_steps=40", "--set", "batch_size=32",
-         "--set", "learning_rate=2e-3", "--set", "max_length=48", "--set", "eval_every=20",
+         "--set", f"eval_data={heldout}", "--set", "max_steps=30", "--set", "batch_size=32",
+         "--set", "learning_rate=2e-3", "--set", "max_length=48", "--set", "eval_every=15",
          "--set", "seed=0"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "eval.json").read_text())
-    # Chance is 0.5. A 2-layer RM trained from random weights on ~480 labels for 40 steps
-    # learns refusals, wordiness and far-off numbers, not exact sums: measured 0.71.
-    assert summary["n_pairs"] == 300 and summary["accuracy"] >= 0.65, summary
+    # Chance is 0.5. A 2-layer RM trained from random weights on ~360 labels for 30 steps
+    # learns refusals, wordiness and far-off numbers, not exact sums: measured 0.715.
+    assert summary["n_pairs"] == 200 and summary["accuracy"] >= 0.65, summary

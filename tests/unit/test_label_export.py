@@ -15,7 +15,7 @@ from rlhfkit.data.types import Message, PreferenceRecord, RankingRecord
 from rlhfkit.errors import ConfigError
 from rlhfkit.feedback import reports
 from rlhfkit.feedback.export import export_labels
-from rlhfkit.feedback.store import CandidateSet, Work, import_candidates
+from rlhfkit.feedback.store import CandidateSet, Work, candidates_from_records, import_candidates
 from rlhfkit.feedback.store import reading as reading_mod
 
 
@@ -168,3 +168,27 @@ def test_agreement_and_gold_reports(labeled):
     assert board[0]["item"] in {"policy-0", "p1"}
     rows = {r.name: r for r in reports.annotator_rows(store)}
     assert rows["a"].counts == {"done": 10}
+
+
+def test_gold_accuracy(tmp_path, task):
+    store = seeded_store(str(tmp_path / "g.db"), task, n=0, gold_rate=1.0)
+    prompts = task.prompts("heldout", "arithmetic")[:4]
+    records = [
+        PreferenceRecord((Message("user", p.text),), task.concise(p), "I can't help with that.")
+        for p in prompts
+    ]
+    import_candidates(store, candidates_from_records(records, gold=True))
+    (ann,) = people_in(store, "g")
+    work = Work(store, random.Random(0))
+    for i in range(4):
+        view = work.next(ann.id)
+        right = task.concise(view.prompt[0]["content"])
+        best = right if i < 3 else "I can't help with that."  # the last one wrong
+        work.submit(ann.id, view.id, uuid.uuid4(), answer=answer_for(view, best))
+    assert work.next(ann.id) is None
+    gold = reports.agreement(store).gold["g"]
+    assert (gold["correct"], gold["total"], gold["accuracy"]) == (3, 4, 0.75)
+    assert export_labels(store, tmp_path / "x.jsonl").rows == 0  # gold is not exported ...
+    assert (
+        export_labels(store, tmp_path / "x.jsonl", include_gold=True).rows == 4
+    )  # ... unless asked
