@@ -139,6 +139,18 @@ def test_safety_combination_prefers_refusal_of_harm_and_correct_answers(two_rms,
     assert (answered > refused).float().mean() >= 0.9
 
 
+def test_lora_reward_model_trains_and_saves_merged(tiny_llama, task, tmp_path):
+    """LoRA on a sequence-classification model: peft wraps the model (its ``base_model``
+    is the LoRA tuner) and the ``score`` head; the stage still reads rewards and saves
+    a merged model that loads as a plain reward model."""
+    data = dump(tmp_path / "prefs.jsonl", synthetic_preferences(task, "train", n=48, seed=1))
+    cfg = rm_config(tiny_llama, data, tmp_path / "rm", max_steps=3, batch_size=8, lora_r=4)
+    result = run_rm(cfg)
+    rm = RewardModel.from_pretrained(result.final_dir)
+    assert not hasattr(rm.model, "peft_config")
+    assert rm.score(["What is 2 + 3?"] * 2, ["5", "6"]).shape == (2,)
+
+
 def hh(turns: list[tuple[str, str]]) -> str:
     return "".join(f"\n\n{role}: {text}" for role, text in turns)
 

@@ -48,9 +48,20 @@ def load_reward_model(
     return model
 
 
+def _unwrap(model):
+    """The transformers model under a peft wrapper (its LoRA layers stay in place);
+    any other model as it is. ``PeftModel.base_model`` is the LoRA tuner, not the
+    backbone, so the backbone and head are looked up on this model."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 def _head(model) -> torch.nn.Module:
-    head = getattr(model, "score", None)
-    if not isinstance(head, torch.nn.Linear):
+    """The linear ``score`` head; under LoRA (task SEQ_CLS) peft wraps it in a
+    ``ModulesToSaveWrapper`` around the original ``Linear``, which is accepted too."""
+    head = getattr(_unwrap(model), "score", None)
+    linear = getattr(head, "original_module", head)
+    if not isinstance(linear, torch.nn.Linear):
         raise ConfigError(
             f"{type(model).__name__} has no linear 'score' head; rlhfkit reward models need "
             "an AutoModelForSequenceClassification of a decoder-only LM"
@@ -72,14 +83,14 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The head's output at every position, shape ``(batch, length)``."""
-    hidden = model.base_model(
+    hidden = _unwrap(model).base_model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=positions_from_mask(attention_mask),
         use_cache=False,
     )
     head = _head(model)
-    h = hidden.last_hidden_state.to(head.weight.dtype)
+    h = hidden.last_hidden_state.to(next(head.parameters()).dtype)
     return head(h).squeeze(-1)
 
 
