@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 from rlhfkit.data.types import DIMENSIONS
 from rlhfkit.feedback import reports
 from rlhfkit.feedback.export import CONSENSUS, FORMATS, export_labels
-from rlhfkit.feedback.service.context import checked_form, current_admin, page, services
+from rlhfkit.feedback.service.context import SessionForm, current_admin, page, services
 from rlhfkit.feedback.service.pages import redirect
 from rlhfkit.feedback.store import add_guidelines, get_guidelines
 from rlhfkit.feedback.store.errors import Invalid
@@ -44,9 +44,8 @@ def index(request: Request) -> Response:
 
 
 @router.post("/annotators")
-async def create_annotator(request: Request) -> Response:
+def create_annotator(request: Request, form: SessionForm) -> Response:
     user = current_admin(request)
-    form = await checked_form(request)
     svc = services(request)
     password = form.get("password") or None
     created = svc.accounts.create(
@@ -67,9 +66,8 @@ async def create_annotator(request: Request) -> Response:
 
 
 @router.post("/annotators/{annotator_id}/invite")
-async def invite(request: Request, annotator_id: int) -> Response:
+def invite(request: Request, annotator_id: int, form: SessionForm) -> Response:
     user = current_admin(request)
-    await checked_form(request)
     svc = services(request)
     token = svc.accounts.invite(annotator_id)
     name = next((a.name for a in svc.accounts.list() if a.id == annotator_id), "?")
@@ -132,9 +130,8 @@ def guidelines_form(request: Request) -> Response:
 
 
 @router.post("/guidelines")
-async def save_guidelines(request: Request) -> Response:
+def save_guidelines(request: Request, form: SessionForm) -> Response:
     current_admin(request)
-    form = await checked_form(request)
     add_guidelines(services(request).store, form.get("text", ""))
     return redirect("/admin/guidelines")
 

@@ -1,6 +1,7 @@
 """The JSON API (scripts, load tests, the pages' data): the same checks as the pages.
 
-POSTs must be ``application/json`` (a cross-site page cannot send that without
+Bodies are read in the event loop; everything that touches the database runs in
+the thread pool (the endpoints are plain functions). POSTs must be ``application/json`` (a cross-site page cannot send that without
 a CORS preflight, which this server never grants) and, once logged in, carry
 the session's CSRF token in ``X-CSRF-Token`` (from ``GET /api/session``).
 """
@@ -8,9 +9,9 @@ the session's CSRF token in ``X-CSRF-Token`` (from ``GET /api/session``).
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from rlhfkit.feedback.service.context import check_csrf, current_user, services, session_csrf
@@ -33,6 +34,9 @@ async def json_body(request: Request) -> dict[str, Any]:
     return body
 
 
+JsonBody = Annotated[dict[str, Any], Depends(json_body)]  # read in the event loop
+
+
 def _assignment(view: AssignmentView) -> dict[str, Any]:
     out = asdict(view)
     out["created_at"] = view.created_at.isoformat()
@@ -40,8 +44,7 @@ def _assignment(view: AssignmentView) -> dict[str, Any]:
 
 
 @router.post("/login")
-async def login(request: Request) -> JSONResponse:
-    body = await json_body(request)
+def login(request: Request, body: JsonBody) -> JSONResponse:
     svc = services(request)
     user, token = svc.accounts.login(str(body.get("name", ""))[:100], str(body.get("password", "")))
     response = JSONResponse({"annotator": user.name, "csrf_token": svc.csrf.token(token)})
@@ -58,18 +61,16 @@ def session(request: Request) -> dict[str, Any]:
 
 
 @router.post("/logout")
-async def logout(request: Request) -> dict[str, bool]:
+def logout(request: Request, body: JsonBody) -> dict[str, bool]:
     current_user(request)
-    await json_body(request)
     check_csrf(request)
     services(request).accounts.logout(request.cookies.get(SESSION_COOKIE, ""))
     return {"ok": True}
 
 
 @router.post("/next")
-async def next_assignment(request: Request) -> dict[str, Any]:
+def next_assignment(request: Request, body: JsonBody) -> dict[str, Any]:
     user = current_user(request)
-    await json_body(request)
     check_csrf(request)
     view = services(request).work.next(user.id)
     return {"assignment": _assignment(view) if view is not None else None}
@@ -82,9 +83,8 @@ def assignment(request: Request, assignment_id: int) -> dict[str, Any]:
 
 
 @router.post("/assignments/{assignment_id}/judgment")
-async def judge(request: Request, assignment_id: int) -> dict[str, Any]:
+def judge(request: Request, assignment_id: int, body: JsonBody) -> dict[str, Any]:
     user = current_user(request)
-    body = await json_body(request)
     check_csrf(request)
     result = services(request).work.submit(
         user.id,
@@ -104,9 +104,8 @@ async def judge(request: Request, assignment_id: int) -> dict[str, Any]:
 
 
 @router.post("/undo")
-async def undo(request: Request) -> dict[str, int]:
+def undo(request: Request, body: JsonBody) -> dict[str, int]:
     user = current_user(request)
-    await json_body(request)
     check_csrf(request)
     return {"assignment_id": services(request).work.undo(user.id)}
 

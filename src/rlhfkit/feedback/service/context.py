@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from argon2 import PasswordHasher
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markdown_it import MarkdownIt
@@ -120,6 +120,20 @@ async def checked_form(request: Request, purpose: str = "session") -> dict[str, 
     data = {k: v for k, v in form.multi_items() if isinstance(v, str)}
     check_csrf(request, data.get(CSRF_FIELD), purpose)
     return data
+
+
+async def session_form(request: Request) -> dict[str, Any]:
+    return await checked_form(request, "session")
+
+
+async def pre_login_form(request: Request) -> dict[str, Any]:
+    return await checked_form(request, "pre")
+
+
+# Form bodies are read (and their CSRF token checked) in the event loop; the
+# endpoints taking them are plain functions, run in the thread pool.
+SessionForm = Annotated[dict[str, Any], Depends(session_form)]
+PreLoginForm = Annotated[dict[str, Any], Depends(pre_login_form)]
 
 
 def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:

@@ -9,7 +9,8 @@ from fastapi.responses import RedirectResponse, Response
 
 from rlhfkit.data.types import MARGIN_LABELS
 from rlhfkit.feedback.service.context import (
-    checked_form,
+    PreLoginForm,
+    SessionForm,
     current_user,
     page,
     services,
@@ -73,8 +74,7 @@ def login_form(request: Request) -> Response:
 
 
 @router.post("/login")
-async def login(request: Request) -> Response:
-    form = await checked_form(request, "pre")
+def login(request: Request, form: PreLoginForm) -> Response:
     try:
         user, token = services(request).accounts.login(
             form.get("name", "")[:100], form.get("password", "")[:1024]
@@ -91,8 +91,7 @@ def invite_form(request: Request, token: str) -> Response:
 
 
 @router.post("/invite/{token}")
-async def invite(request: Request, token: str) -> Response:
-    form = await checked_form(request, "pre")
+def invite(request: Request, token: str, form: PreLoginForm) -> Response:
     try:
         user, session = services(request).accounts.redeem(token, form.get("password") or None)
     except Invalid as e:
@@ -102,8 +101,7 @@ async def invite(request: Request, token: str) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request) -> Response:
-    await checked_form(request)
+def logout(request: Request, form: SessionForm) -> Response:
     services(request).accounts.logout(request.cookies.get(SESSION_COOKIE, ""))
     response = redirect("/login")
     response.delete_cookie(SESSION_COOKIE, path="/")
@@ -166,9 +164,8 @@ def answer_from_form(kind: str, k: int, dimensions: list[str], form: dict[str, s
 
 
 @router.post("/task/{assignment_id}")
-async def submit(request: Request, assignment_id: int) -> Response:
+def submit(request: Request, assignment_id: int, form: SessionForm) -> Response:
     user = current_user(request)
-    form = await checked_form(request)
     svc = services(request)
     action = form.get("action", JUDGE)
     answer = None
@@ -197,9 +194,8 @@ async def submit(request: Request, assignment_id: int) -> Response:
 
 
 @router.post("/undo")
-async def undo(request: Request) -> Response:
+def undo(request: Request, form: SessionForm) -> Response:
     user = current_user(request)
-    await checked_form(request)
     assignment_id = services(request).work.undo(user.id)
     return redirect(f"/task/{assignment_id}")
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,9 @@ class Store:
                 self.url, pool_size=8, max_overflow=32, pool_pre_ping=True, pool_timeout=60
             )
             self.read_engine = self.engine
+        # SQLite has one writer at a time: this process's writers queue on a lock (woken
+        # at once) rather than on SQLite's busy handler (which polls with sleeps).
+        self._write_lock = threading.Lock() if self.is_sqlite else None
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
         if upgrade:
@@ -119,7 +123,7 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        with self._writer.begin() as session:
+        with self._write_lock or nullcontext(), self._writer.begin() as session:
             yield session
 
     @contextmanager
