@@ -29,57 +29,46 @@ def _dimension(request: Request) -> str:
     return dim
 
 
-@router.get("")
-def index(request: Request) -> Response:
-    user = current_admin(request)
-    svc = services(request)
+def _annotators_page(
+    request: Request, user, invited: str | None = None, token: str = ""
+) -> Response:
+    """The annotators page; after creating or inviting someone, their invite link once."""
+    store = services(request).store
     return page(
         request,
         "admin/index.html",
         user=user,
-        annotators=reports.annotator_rows(svc.store),
-        settings=svc.store.settings(),
-        invite_url=None,
+        annotators=reports.annotator_rows(store),
+        settings=store.settings(),
+        invite_url=f"{request.base_url}invite/{token}" if token else None,
+        invited=invited,
     )
+
+
+@router.get("")
+def index(request: Request) -> Response:
+    return _annotators_page(request, current_admin(request))
 
 
 @router.post("/annotators")
 def create_annotator(request: Request, form: SessionForm) -> Response:
     user = current_admin(request)
-    svc = services(request)
+    accounts = services(request).accounts
     password = form.get("password") or None
-    created = svc.accounts.create(
+    created = accounts.create(
         form.get("name", ""), password=password, is_admin=form.get("is_admin") == "on"
     )
-    invite_url = None
-    if password is None:
-        invite_url = f"{request.base_url}invite/{svc.accounts.invite(created.id)}"
-    return page(
-        request,
-        "admin/index.html",
-        user=user,
-        annotators=reports.annotator_rows(svc.store),
-        settings=svc.store.settings(),
-        invite_url=invite_url,
-        invited=created.name,
-    )
+    token = accounts.invite(created.id) if password is None else ""
+    return _annotators_page(request, user, created.name, token)
 
 
 @router.post("/annotators/{annotator_id}/invite")
 def invite(request: Request, annotator_id: int, form: SessionForm) -> Response:
     user = current_admin(request)
-    svc = services(request)
-    token = svc.accounts.invite(annotator_id)
-    name = next((a.name for a in svc.accounts.list() if a.id == annotator_id), "?")
-    return page(
-        request,
-        "admin/index.html",
-        user=user,
-        annotators=reports.annotator_rows(svc.store),
-        settings=svc.store.settings(),
-        invite_url=f"{request.base_url}invite/{token}",
-        invited=name,
-    )
+    accounts = services(request).accounts
+    token = accounts.invite(annotator_id)
+    name = next((a.name for a in accounts.list() if a.id == annotator_id), "?")
+    return _annotators_page(request, user, name, token)
 
 
 @router.get("/agreement")
