@@ -8,6 +8,7 @@ import random
 import threading
 import uuid
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, text
@@ -26,7 +27,7 @@ from rlhfkit.feedback.store import (
     import_candidates,
     read_candidates,
 )
-from rlhfkit.feedback.store.schema import Assignment, Judgment, Task
+from rlhfkit.feedback.store.schema import Assignment, Judgment, Task, utcnow
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -38,7 +39,7 @@ def db(request, tmp_path) -> str:
 
 def test_fresh_database_is_at_head_with_a_persistent_secret(db):
     store = Store(db)
-    assert store.revision() == store.head() == "0002"
+    assert store.revision() == store.head() == "0003"
     secret = store.secret_key()
     assert len(secret) == 32
     store.close()
@@ -56,7 +57,7 @@ def test_old_database_upgrades_and_keeps_its_rows(db):
                           "VALUES ('ann', false, true, CURRENT_TIMESTAMP)"))  # fmt: skip
     old.close()
     store = Store(db)  # opening upgrades
-    assert store.revision() == "0002"
+    assert store.revision() == "0003"
     accounts = Accounts(store, fast_hasher())
     ann = accounts.get("ann")
     token = accounts.invite(ann.id)  # a table the upgrade added
@@ -330,3 +331,26 @@ def test_accounts_passwords_invites_sessions(db):
         accounts.redeem(invite)  # one time only
     accounts.login("bob", "bobs password")
     assert ann.is_admin is False
+
+
+def test_assignments_left_open_too_long_expire(db, task):
+    store = seeded_store(db, task, n=1, overlap=1, claim_minutes=30)
+    a, b = people_in(store, "a", "b")
+    work = Work(store, random.Random(0))
+    stale = work.next(a.id)
+    assert work.next(b.id) is None  # the only slot is a's
+    with store.engine.begin() as conn:  # a went to lunch 31 minutes ago
+        conn.execute(
+            Assignment.__table__.update()
+            .where(Assignment.id == stale.id)
+            .values(created_at=utcnow() - timedelta(minutes=31))
+        )
+    fresh = work.next(b.id)  # handing out expires a's claim
+    assert fresh is not None and fresh.id != stale.id
+    with pytest.raises(Conflict, match="expired"):
+        work.submit(a.id, stale.id, uuid.uuid4(), answer=PAIR)
+    work.submit(b.id, fresh.id, uuid.uuid4(), answer=PAIR)
+    assert work.next(a.id) is None  # a never gets the task again
+    assert store.integrity_problems() == []
+    with pytest.raises(Invalid, match="claim_minutes"):
+        store.configure(claim_minutes=-1)

@@ -23,11 +23,13 @@ def test_init_import_and_errors(tmp_path):
     guide = tmp_path / "guide.md"
     guide.write_text("# Be careful\n")
     r = invoke(
-        "init", "--db", db, "--overlap", "3", "--gold-rate", "0.1", "--guidelines", str(guide)
-    )
+        "init", "--db", db, "--overlap", "3", "--gold-rate", "0.1", "--claim-minutes", "60",
+        "--guidelines", str(guide),
+    )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "guidelines version 1 saved" in r.output and "'overlap': 3" in r.output
     store = Store(db)
+    assert store.settings()["claim_minutes"] == 60
     assert store.settings()["gold_rate"] == 0.1 and get_guidelines(store).text == "# Be careful\n"
     r = invoke("init", "--db", db, "--overlap", "0")
     assert r.exit_code != 0 and "setting 'overlap': expected an integer >= 1" in r.output

@@ -77,6 +77,10 @@ def init(
     dimensions: Annotated[
         str | None, typer.Option(help="Comma-separated: helpfulness,safety.")
     ] = None,
+    claim_minutes: Annotated[
+        int | None,
+        typer.Option(help="Minutes an unanswered assignment stays reserved (0: forever)."),
+    ] = None,
     guidelines: Annotated[
         Path | None, typer.Option(help="Markdown file: the next guidelines version.")
     ] = None,
@@ -93,6 +97,8 @@ def init(
             values["overlap"] = overlap
         if gold_rate is not None:
             values["gold_rate"] = gold_rate
+        if claim_minutes is not None:
+            values["claim_minutes"] = claim_minutes
         if dimensions is not None:
             values["dimensions"] = [d.strip() for d in dimensions.split(",") if d.strip()]
         settings = store.configure(**values) if values else store.settings()

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from rlhfkit.errors import ConfigError
 from rlhfkit.feedback.store.schema import (
     DONE,
+    EXPIRED,
     PENDING,
     Assignment,
     Judgment,
@@ -41,6 +42,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "overlap": 1,  # annotators per task
     "gold_rate": 0.0,  # share of handed-out tasks that are gold tasks
     "dimensions": ["helpfulness", "safety"],
+    "claim_minutes": 240,  # a pending assignment older than this expires (0: never)
 }
 _SECRET = "secret_key"
 
@@ -202,7 +204,7 @@ class Store:
             return read_settings(s)
 
     def configure(self, **values: Any) -> dict[str, Any]:
-        """Change project settings (``overlap``, ``gold_rate``, ``dimensions``)."""
+        """Change project settings (``overlap``, ``gold_rate``, ``dimensions``, ``claim_minutes``)."""
         from rlhfkit.feedback.store.validate import check_settings
 
         check_settings(values)
@@ -240,6 +242,10 @@ class Store:
             )
             for aid, status, n in rows:
                 n = n or 0
+                if status == EXPIRED:
+                    if n:
+                        problems.append(f"assignment {aid} expired but has {n} live judgment(s)")
+                    continue
                 if status == PENDING and n:
                     problems.append(f"assignment {aid} is pending but has {n} live judgment(s)")
                 if status != PENDING and n != 1:

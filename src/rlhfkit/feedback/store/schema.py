@@ -31,6 +31,7 @@ from sqlalchemy.types import TypeDecorator
 
 PAIRWISE, RANKING = "pairwise", "ranking"
 PENDING, DONE, SKIPPED, FLAGGED = "pending", "done", "skipped", "flagged"
+EXPIRED = "expired"  # pending too long: the slot went back to the pool
 JUDGE, SKIP, FLAG = "judge", "skip", "flag"
 STATUS_OF_ACTION = {JUDGE: DONE, SKIP: SKIPPED, FLAG: FLAGGED}
 
@@ -138,6 +139,7 @@ class Assignment(Base):
     __table_args__ = (
         UniqueConstraint("task_id", "annotator_id"),  # nobody gets the same task twice
         Index("ix_assignments_annotator_status", "annotator_id", "status"),
+        Index("ix_assignments_status_created", "status", "created_at"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))

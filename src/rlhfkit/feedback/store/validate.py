@@ -19,6 +19,9 @@ def check_settings(values: dict[str, Any]) -> None:
         if key == "overlap":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise Invalid(f"setting 'overlap': expected an integer >= 1, got {value!r}")
+        elif key == "claim_minutes":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise Invalid(f"setting 'claim_minutes': expected an integer >= 0, got {value!r}")
         elif key == "gold_rate":
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             if not ok or not math.isfinite(value) or not 0.0 <= value <= 1.0:
@@ -35,7 +38,9 @@ def check_settings(values: dict[str, Any]) -> None:
                     f"from {', '.join(DIMENSIONS)}, got {value!r}"
                 )
         else:
-            raise Invalid(f"unknown setting {key!r}; expected overlap, gold_rate or dimensions")
+            raise Invalid(
+                f"unknown setting {key!r}; expected overlap, gold_rate, dimensions or claim_minutes"
+            )
 
 
 def check_answer(kind: str, k: int, dimensions: list[str], answer: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import dataclasses
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import exists, func, select, update
@@ -21,6 +21,7 @@ from rlhfkit.feedback.store.db import Store, read_settings
 from rlhfkit.feedback.store.errors import Conflict, Invalid, NotFound
 from rlhfkit.feedback.store.schema import (
     DONE,
+    EXPIRED,
     FLAG,
     FLAGGED,
     JUDGE,
@@ -137,7 +138,31 @@ class Work:
             .limit(1)
         )
 
+    def _expire_stale(self, s) -> None:
+        """Pending assignments older than ``claim_minutes`` expire; their slots reopen."""
+        minutes = int(settings_of(s)["claim_minutes"])
+        if minutes <= 0:
+            return
+        cutoff = utcnow() - timedelta(minutes=minutes)
+        stale = s.execute(
+            select(Assignment.id, Assignment.task_id, Task.is_gold)
+            .join(Task, Task.id == Assignment.task_id)
+            .where(Assignment.status == PENDING, Assignment.created_at < cutoff)
+            .limit(100)
+        ).all()
+        for aid, task_id, is_gold in stale:
+            moved = s.execute(
+                update(Assignment)
+                .where(Assignment.id == aid, Assignment.status == PENDING)
+                .values(status=EXPIRED)
+            )
+            if moved.rowcount == 1 and not is_gold:
+                s.execute(
+                    update(Task).where(Task.id == task_id).values(n_claimed=Task.n_claimed - 1)
+                )
+
     def _assign(self, s, annotator_id: int) -> int | None:
+        self._expire_stale(s)
         not_mine = ~exists().where(
             Assignment.task_id == Task.id, Assignment.annotator_id == annotator_id
         )
@@ -273,6 +298,11 @@ class Work:
             dup = self._duplicate(s, sid, annotator_id, assignment_id)  # a retry raced us
             if dup is not None:
                 return dup
+            if a.status == EXPIRED:
+                raise Conflict(
+                    "this task expired (left open longer than the project allows) and went "
+                    "to someone else; go to the next"
+                )
             raise Conflict("this task was already answered (from another page?); go to the next")
         if action != JUDGE and not task.is_gold:  # the slot goes back to other annotators
             s.execute(update(Task).where(Task.id == task.id).values(n_claimed=Task.n_claimed - 1))
