@@ -90,6 +90,7 @@ TRAINING_STAGES = {
     "sft": ("SFTConfig", "rlhfkit.training.stages.sft:run_sft"),
     "rm": ("RMConfig", "rlhfkit.training.stages.reward:run_rm"),
     "dpo": ("DPOConfig", "rlhfkit.training.stages.dpo:run_dpo"),
+    "ppo": ("PPOConfig", "rlhfkit.training.stages.ppo:run_ppo"),
 }
 
 
@@ -172,6 +173,47 @@ def dpo(
     """Preference optimisation without a reward model: DPO and its variants, or CPL."""
     cli = {"model": model, "data": data, "out": out, "loss": loss, "skip_invalid": skip_invalid}
     _train("dpo", cli, config, set_, resume, overwrite)
+
+
+PromptsOpt = Annotated[
+    str | None, typer.Option(help="Prompt records (JSONL/JSON/Parquet/dataset).")
+]
+RewardModelOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--reward-model",
+        help="Reward model folder (repeatable; several are combined by reward_combine).",
+    ),
+]
+RewardFnOpt = Annotated[
+    list[str] | None,
+    typer.Option("--reward-fn", help="Reward function module:function or file.py:function."),
+]
+
+
+@app.command()
+def ppo(
+    model: ModelOpt = None,
+    reward_model: RewardModelOpt = None,
+    reward_fn: RewardFnOpt = None,
+    prompts: PromptsOpt = None,
+    out: OutOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    skip_invalid: SkipOpt = None,
+) -> None:
+    """RLHF with PPO: sample, score, KL-shape, GAE, clipped policy + value updates."""
+    cli = {
+        "model": model,
+        "reward_model": reward_model or None,
+        "reward_fn": reward_fn or None,
+        "prompts": prompts,
+        "out": out,
+        "skip_invalid": skip_invalid,
+    }
+    _train("ppo", cli, config, set_, resume, overwrite)
 
 
 @app.command()

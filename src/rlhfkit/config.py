@@ -356,3 +356,135 @@ class DPOConfig(DataKeys, ModelKeys, TrainConfig):
                 raise ConfigError(f"key '{key}': expected a number >= 0, got {getattr(self, key)}")
         if not 0 < self.cpl_lambda <= 1:
             raise ConfigError(f"key 'cpl_lambda': expected 0 < x <= 1, got {self.cpl_lambda}")
+
+
+REWARD_COMBINE = ("sum", "llama2")
+VALUE_MODELS = ("auto", "reward", "policy", "shared")
+
+
+@dataclasses.dataclass
+class OnlineKeys:
+    """Prompts, sampling and rewards: what every online stage (PPO, GRPO, ...) shares.
+    Defaults and their sources: docs/ppo.md."""
+
+    prompts: str = ""  # prompt records (JSONL / JSON / Parquet / dataset)
+    eval_prompts: str | None = None  # evaluated every eval_every steps (greedy)
+    split: str = "train"
+    skip_invalid: bool = False
+    reward_model: list[str] = dataclasses.field(default_factory=list)  # one or more RM folders
+    reward_fn: list[str] = dataclasses.field(
+        default_factory=list
+    )  # module:function or file.py:function
+    reward_combine: str = "sum"  # sum (normalised, weighted) | llama2 (helpfulness, safety RMs)
+    reward_weights: list[float] | None = None
+    safety_threshold: float = 0.15  # llama2: sigmoid(safety) below this uses the safety score
+    unsafe_field: str = "unsafe"  # llama2: prompt record field that flags a prompt unsafe
+    ref_model: str | None = None  # default: the starting model (frozen)
+    rollout_batch_size: int = 64  # prompts sampled per step (per process)
+    generation_batch_size: int = 0  # prompts per generate call; 0: rollout_batch_size
+    max_prompt_length: int = 256
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    missing_eos_penalty: float = 0.0  # subtracted from the score of responses without EOS
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"  # k1 | k2 | k3
+    reward_norm: bool = False  # scores normalised by running mean / std
+    reward_clip: float = 0.0  # > 0: scores clipped to [-x, x] (after normalisation)
+    ppo_epochs: int = 1  # passes over each rollout batch
+    cliprange: float = 0.2
+    cliprange_high: float | None = None  # asymmetric upper clip (DAPO); default = cliprange
+    target_approx_kl: float = 0.0  # > 0: stop a step's epochs once approx KL exceeds it
+    sample_every: int = 10  # write samples.jsonl rows every N steps
+    n_samples_logged: int = 8
+    kl_warn: float = 10.0  # warn when mean sequence KL to the reference passes this (nats)
+    eval_batch_size: int = 64
+
+    def validate_online(self) -> None:
+        if not self.prompts:
+            raise ConfigError("key 'prompts': expected a prompt file or dataset (--prompts)")
+        if not self.reward_model and not self.reward_fn:
+            raise ConfigError(
+                "key 'reward_model': expected a reward model (--reward-model) or a reward "
+                "function (--reward-fn)"
+            )
+        _choice(self, "reward_combine", REWARD_COMBINE)
+        if self.reward_combine == "llama2" and (len(self.reward_model) != 2 or self.reward_fn):
+            raise ConfigError(
+                "key 'reward_combine': llama2 needs exactly two reward models "
+                "(helpfulness first, safety second) and no reward function"
+            )
+        n_sources = len(self.reward_model) + len(self.reward_fn)
+        if self.reward_weights is not None and len(self.reward_weights) != n_sources:
+            raise ConfigError(
+                f"key 'reward_weights': {len(self.reward_weights)} weights for {n_sources} reward sources"
+            )
+        if not 0 < self.safety_threshold < 1:
+            raise ConfigError(
+                f"key 'safety_threshold': expected 0 < x < 1, got {self.safety_threshold}"
+            )
+        for key in ("rollout_batch_size", "max_prompt_length", "max_new_tokens", "ppo_epochs",
+                    "sample_every", "eval_batch_size"):  # fmt: skip
+            if getattr(self, key) < 1:
+                raise ConfigError(
+                    f"key '{key}': expected an integer >= 1, got {getattr(self, key)}"
+                )
+        if not self.temperature > 0:
+            raise ConfigError(f"key 'temperature': expected a number > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"key 'top_p': expected 0 < x <= 1, got {self.top_p}")
+        _choice(self, "kl_estimator", ("k1", "k2", "k3"))
+        for key in ("kl_coef", "missing_eos_penalty", "reward_clip", "target_approx_kl",
+                    "top_k", "generation_batch_size"):  # fmt: skip
+            if getattr(self, key) < 0:
+                raise ConfigError(f"key '{key}': expected a number >= 0, got {getattr(self, key)}")
+        if not 0 < self.cliprange < 1:
+            raise ConfigError(f"key 'cliprange': expected 0 < x < 1, got {self.cliprange}")
+        if self.cliprange_high is not None and not self.cliprange_high > 0:
+            raise ConfigError(f"key 'cliprange_high': expected x > 0, got {self.cliprange_high}")
+
+
+@dataclasses.dataclass
+class PPOConfig(OnlineKeys, ModelKeys, TrainConfig):
+    """``rlhfkit ppo``: the SFT policy optimised against a reward with a KL penalty
+    (InstructGPT). ``max_steps`` counts PPO steps (rollout + update)."""
+
+    learning_rate: float = 1e-6
+    scheduler: str = "linear"
+    log_every: int = 1
+    ppo_epochs: int = 4
+    value_model: str = "auto"  # auto (the RM, else policy) | reward | policy | shared | a folder
+    value_learning_rate: float | None = None  # default: learning_rate
+    cliprange_value: float | None = 0.2  # None: unclipped value loss
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.01
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    ptx_data: str | None = None  # SFT records for PPO-ptx
+    ptx_coef: float = 0.0  # weight of the pretraining (SFT) NLL in the PPO loss
+
+    def validate(self) -> None:
+        TrainConfig.validate(self)
+        self.validate_model()
+        self.validate_online()
+        if self.value_model in ("reward",) and not self.reward_model:
+            raise ConfigError("key 'value_model': 'reward' needs --reward-model")
+        for key in ("gamma", "lam"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"key '{key}': expected 0 <= x <= 1, got {getattr(self, key)}")
+        for key in ("vf_coef", "entropy_coef", "ptx_coef"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"key '{key}': expected a number >= 0, got {getattr(self, key)}")
+        if self.ptx_coef > 0 and not self.ptx_data:
+            raise ConfigError("key 'ptx_data': ptx_coef > 0 needs SFT records for the ptx loss")
+        if self.adaptive_kl and (self.kl_target <= 0 or self.kl_horizon < 1):
+            raise ConfigError("keys 'kl_target' / 'kl_horizon': expected > 0 with adaptive_kl")
+        if self.value_learning_rate is not None and self.value_learning_rate <= 0:
+            raise ConfigError(
+                f"key 'value_learning_rate': expected a number > 0, got {self.value_learning_rate}"
+            )

@@ -332,17 +332,10 @@ def test_approx_kl_is_nonnegative_and_detached() -> None:
     assert float(out.approx_kl) > 0
 
 
-# BUG (src/rlhfkit/algorithms/ppo.py, clipped_policy_loss, the approx_kl line):
-# the tokens were sampled from pi_old, so the k3 estimate of KL(pi_old || pi) from those
+# The tokens were sampled from pi_old, so the k3 estimate of KL(pi_old || pi) from those
 # samples is, with rho = pi / pi_old (Schulman 2020: x ~ q, r = p/q, k3 = (r - 1) - log r),
 #     k3 = (rho - 1) - log rho = expm1(log_ratio) - log_ratio.
-# The code computes expm1(-log_ratio) + log_ratio = (1/rho - 1) + log rho, whose mean under
-# pi_old is chi^2(old || new) - KL(old || new), not KL(old || new) (it is k3 of KL(new || old)
-# as if the tokens had been sampled from the *new* policy). The two agree only to second order.
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: approx_kl uses 1/rho - 1 + log rho (see comment); drop the mark once fixed",
-)
+# (The reversed form (1/rho - 1) + log rho has mean chi^2(old || new) - KL(old || new).)
 def test_approx_kl_is_k3_of_old_to_new_hand_values() -> None:
     # k3 = rho - 1 - ln rho:
     #   rho 1.5: 0.5 - 0.4054651 = 0.0945349   (t0, t2)
@@ -351,16 +344,15 @@ def test_approx_kl_is_k3_of_old_to_new_hand_values() -> None:
     #   rho 0.9: -0.1 + 0.1053605 = 0.0053605  (t5)
     #   mean = (2 * 0.0945349 + 2 * 0.1931472 + 0.0046898 + 0.0053605) / 6
     #        = 0.5854145 / 6 = 0.0975691
-    # (the code gives 0.1280203: 1/rho - 1 + ln rho)
+    # (the reversed form would give 0.1280203: 1/rho - 1 + ln rho)
     logps, old, adv, mask = policy_inputs()
     out = clipped_policy_loss(logps, old, adv, mask)
     assert float(out.approx_kl) == pytest.approx(0.0975691, abs=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: approx_kl uses 1/rho - 1 + log rho (see above)")
 def test_approx_kl_is_unbiased_for_kl_old_to_new_monte_carlo() -> None:
     # pi_old = P3, pi_new = Q3: KL(old || new) = 0.2748872 (see the k3 test);
-    # the code's estimator has mean chi^2 - KL = (0.25/0.2 + 0.09/0.3 + 0.04/0.5 - 1) - 0.2749
+    # the reversed estimator has mean chi^2 - KL = (0.25/0.2 + 0.09/0.3 + 0.04/0.5 - 1) - 0.2749
     #   = 0.63 - 0.2748872 = 0.3551128.
     old_p, new_p = t(P3), t(Q3)
     g = torch.Generator().manual_seed(1)

@@ -119,7 +119,7 @@ def gae(
 class PolicyLoss:
     loss: torch.Tensor  # masked token mean, differentiable
     clip_fraction: torch.Tensor  # share of tokens whose ratio was clipped (in the max)
-    approx_kl: torch.Tensor  # masked mean of k3(old -> new), detached
+    approx_kl: torch.Tensor  # k3 estimate of KL(pi_old || pi) from the old samples, detached
 
 
 def clipped_policy_loss(
@@ -144,7 +144,7 @@ def clipped_policy_loss(
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         clip_fraction = masked_mean((clipped > unclipped).float(), mask)
-        approx_kl = masked_mean(torch.expm1(-log_ratio) + log_ratio, mask)
+        approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
     return PolicyLoss(loss, clip_fraction, approx_kl)
 
 

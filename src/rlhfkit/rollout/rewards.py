@@ -52,12 +52,15 @@ def _fields(n: int, fields: Sequence[dict[str, Any]] | None) -> Sequence[dict[st
 class ModelReward:
     """A trained reward model (``rlhfkit rm`` output or any 1-label sequence classifier)."""
 
-    def __init__(self, model: Any, name: str = "rm", batch_size: int = 64) -> None:
+    def __init__(
+        self, model: Any, name: str = "rm", batch_size: int = 64, device: Any = None
+    ) -> None:
         from rlhfkit.models.reward import RewardModel
 
-        self.rm = (
-            model if isinstance(model, RewardModel) else RewardModel.from_pretrained(str(model))
-        )
+        if isinstance(model, RewardModel):
+            self.rm = model
+        else:
+            self.rm = RewardModel.from_pretrained(str(model), device=device)
         self.name = name
         self.batch_size = batch_size
 
@@ -145,6 +148,12 @@ class Normalizer:
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         return (values - self.mean) / self.std
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "fitted": self.fitted}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean, self.std, self.fitted = state["mean"], state["std"], state["fitted"]
+
 
 class WeightedSum:
     """``sum_i w_i * (r_i - mean_i) / std_i`` with each source's mean / std from
@@ -164,6 +173,13 @@ class WeightedSum:
             raise ConfigError(f"{len(self.sources)} reward sources but {len(self.weights)} weights")
         self.norms = [Normalizer() for _ in self.sources]
         self.name = name
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [n.state_dict() for n in self.norms]
+
+    def load_state_dict(self, state: list[dict[str, Any]]) -> None:
+        for norm, st in zip(self.norms, state, strict=True):
+            norm.load_state_dict(st)
 
     def calibrate(self, prompts, completions, fields=None) -> None:
         for src, norm in zip(self.sources, self.norms, strict=True):
@@ -222,6 +238,12 @@ class SafetyGated:
     def calibrate(self, prompts, completions, fields=None) -> None:
         self.norm.fit(self.combined(prompts, completions, fields)[0])
 
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [self.norm.state_dict()]
+
+    def load_state_dict(self, state: list[dict[str, Any]]) -> None:
+        self.norm.load_state_dict(state[0])
+
     def score(self, prompts, completions, fields=None) -> torch.Tensor:
         r, _ = self.combined(prompts, completions, fields)
         if not self.whiten:
@@ -231,3 +253,31 @@ class SafetyGated:
         if r.numel() > 1 and float(r.std()) > 1e-8:
             return (r - r.mean()) / r.std()
         return r
+
+
+def build_reward_source(
+    reward_models: Sequence[str] = (),
+    reward_fns: Sequence[str] = (),
+    combine: str = "sum",
+    weights: Sequence[float] | None = None,
+    safety_threshold: float = 0.15,
+    unsafe_field: str = "unsafe",
+    device: Any = None,
+) -> RewardSource:
+    """The reward of an online stage from its config keys: one source as it is; several
+    as a calibrated weighted sum (``combine="sum"``) or Llama 2's helpfulness / safety
+    rule (``combine="llama2"``, two reward models: helpfulness first)."""
+    sources: list[RewardSource] = [
+        ModelReward(path, name=f"rm{i}" if len(reward_models) > 1 else "rm", device=device)
+        for i, path in enumerate(reward_models)
+    ]
+    sources += [FunctionReward(spec) for spec in reward_fns]
+    if not sources:
+        raise ConfigError("key 'reward_model': no reward model or reward function given")
+    if combine == "llama2":
+        if len(sources) != 2 or reward_fns:
+            raise ConfigError("key 'reward_combine': llama2 needs two reward models")
+        return SafetyGated(sources[0], sources[1], safety_threshold, unsafe_field)
+    if len(sources) == 1 and (weights is None or list(weights) == [1.0]):
+        return sources[0]
+    return WeightedSum(sources, weights)

@@ -133,17 +133,32 @@ def _reset_if_single_process() -> None:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norm weights (1-D parameters)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+def build_optimizer(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    lr_groups: Sequence[tuple[Sequence[torch.nn.Parameter], float]] | None = None,
+) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norm weights (1-D parameters).
+
+    ``lr_groups``: ``(parameters, learning rate)`` pairs when parts of the model learn
+    at different rates (PPO's policy and value model); default: all at ``learning_rate``."""
+    parts = lr_groups or [(list(model.parameters()), cfg.learning_rate)]
+    groups = []
+    for params, lr in parts:
+        params = [p for p in params if p.requires_grad]
+        groups += [
+            {
+                "params": [p for p in params if p.ndim >= 2],
+                "weight_decay": cfg.weight_decay,
+                "lr": lr,
+            },
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr},
+        ]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
         raise ConfigError("the model has no trainable parameters")
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]],
+        groups,
         lr=cfg.learning_rate,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_eps,

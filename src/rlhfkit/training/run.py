@@ -69,21 +69,26 @@ def prepare_stage(
     overwrite: bool,
     keep: Callable[[Any], bool] | None = None,
     what: str = "",
+    data_key: str = "data",
+    eval_key: str = "eval_data",
 ) -> StageInputs:
     """Load and validate the data first (bad input fails fast, before any model is
     loaded), then the accelerator, the run folder and the tokenizer.
 
     ``keep`` filters records (for example by ``dimension``), logging how many it kept.
+    Records come from ``cfg.<data_key>``; eval records from ``cfg.<eval_key>``, else
+    ``cfg.eval_fraction`` of them (none when the config has no such key).
     """
     from rlhfkit.data.load import load_records
     from rlhfkit.data.templates import resolve_template
     from rlhfkit.models.loading import load_tokenizer
     from rlhfkit.training.loop import make_accelerator
 
-    records = load_records(cfg.data, kind, split=cfg.split, skip_invalid=cfg.skip_invalid).records
+    source, eval_source = getattr(cfg, data_key), getattr(cfg, eval_key)
+    records = load_records(source, kind, split=cfg.split, skip_invalid=cfg.skip_invalid).records
     evals = None
-    if cfg.eval_data:
-        evals = load_records(cfg.eval_data, kind, skip_invalid=cfg.skip_invalid).records
+    if eval_source:
+        evals = load_records(eval_source, kind, skip_invalid=cfg.skip_invalid).records
     if keep is not None:
         before = len(records)
         records = [r for r in records if keep(r)]
@@ -92,7 +97,7 @@ def prepare_stage(
         if not records:
             raise ConfigError(f"no records left after selecting {what}")
     if evals is None:
-        records, evals = split_eval(records, cfg.eval_fraction, cfg.seed)
+        records, evals = split_eval(records, getattr(cfg, "eval_fraction", 0.0), cfg.seed)
     accelerator = make_accelerator(cfg)
     from accelerate.utils import set_seed
 

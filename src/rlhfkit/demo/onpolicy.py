@@ -1,0 +1,82 @@
+"""On-policy comparisons: sample K responses per prompt from a policy and have the
+simulated labelers compare them (InstructGPT's step 2: labelers rank the SFT model's
+outputs). Reward models trained on these see the mistakes the policy actually makes,
+instead of the task's fixed candidate lists.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from rlhfkit.data.types import PreferenceRecord
+from rlhfkit.demo.task import SimulatedLabeler, Task, TaskPrompt
+
+log = logging.getLogger("rlhfkit")
+
+# what matters for each prompt kind (Llama 2's split: safety on harmful requests)
+JUDGED_ON: dict[str, tuple[str, ...]] = {
+    "arithmetic": ("helpfulness",),
+    "benign": ("helpfulness",),
+    "harmful": ("safety",),
+}
+
+
+def sample_responses(
+    policy_dir: str | Path,
+    prompts: Sequence[TaskPrompt],
+    k: int = 4,
+    temperature: float = 1.0,
+    max_new_tokens: int = 16,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> list[list[str]]:
+    """``k`` sampled responses per prompt."""
+    import torch
+
+    from rlhfkit.data.templates import resolve_template
+    from rlhfkit.demo.task import _conversation
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.rollout.generation import SamplingParams, generate_texts
+
+    tok = load_tokenizer(str(policy_dir))
+    model = load_causal_lm(str(policy_dir))
+    template = resolve_template(tok, "auto")
+    params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature)
+    convs = [_conversation(p.text) for p in prompts for _ in range(k)]
+    torch.manual_seed(seed)
+    texts = generate_texts(model, tok, template, convs, params, batch_size=batch_size)
+    return [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
+
+
+def labeled_comparisons(
+    task: Task,
+    prompts: Sequence[TaskPrompt],
+    responses: Sequence[Sequence[str]],
+    judged_on: Mapping[str, Sequence[str]] = JUDGED_ON,
+    temperature: float = 0.1,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> list[PreferenceRecord]:
+    """Every pair of distinct responses of a prompt that differ in gold score on a
+    dimension the prompt is judged on, labeled by a simulated labeler of that dimension
+    (pairs with equal gold scores carry no preference and are skipped)."""
+    labelers = {
+        dim: SimulatedLabeler(task, dim, temperature, noise, seed=seed * 31 + i)
+        for i, dim in enumerate(("helpfulness", "safety"))
+    }
+    out: list[PreferenceRecord] = []
+    for prompt, texts in zip(prompts, responses, strict=True):
+        for dim in judged_on[prompt.kind]:
+            labeler = labelers[dim]
+            for a, b in itertools.combinations(dict.fromkeys(texts), 2):
+                if labeler.score(prompt, a) == labeler.score(prompt, b):
+                    continue
+                rec = labeler.preference(prompt, a, b)
+                if rec is not None:
+                    out.append(rec)
+    random.Random(seed).shuffle(out)
+    return out
