@@ -63,20 +63,26 @@ def labeled_comparisons(
 ) -> list[PreferenceRecord]:
     """Every pair of distinct responses of a prompt that differ in gold score on a
     dimension the prompt is judged on, labeled by a simulated labeler of that dimension
-    (pairs with equal gold scores carry no preference and are skipped)."""
+    (pairs with equal gold scores carry no preference and are skipped; so are empty
+    responses, which preference records cannot hold - their count is logged)."""
     labelers = {
         dim: SimulatedLabeler(task, dim, temperature, noise, seed=seed * 31 + i)
         for i, dim in enumerate(("helpfulness", "safety"))
     }
     out: list[PreferenceRecord] = []
+    empty = 0
     for prompt, texts in zip(prompts, responses, strict=True):
+        empty += sum(1 for t in texts if not t.strip())
+        kept = [t for t in dict.fromkeys(texts) if t.strip()]
         for dim in judged_on[prompt.kind]:
             labeler = labelers[dim]
-            for a, b in itertools.combinations(dict.fromkeys(texts), 2):
+            for a, b in itertools.combinations(kept, 2):
                 if labeler.score(prompt, a) == labeler.score(prompt, b):
                     continue
                 rec = labeler.preference(prompt, a, b)
                 if rec is not None:
                     out.append(rec)
+    if empty:
+        log.warning("left out %d empty response(s) from the comparisons", empty)
     random.Random(seed).shuffle(out)
     return out
