@@ -393,8 +393,6 @@ class OnlineKeys:
     reward_norm: bool = False  # scores normalised by running mean / std
     reward_clip: float = 0.0  # > 0: scores clipped to [-x, x] (after normalisation)
     ppo_epochs: int = 1  # passes over each rollout batch
-    cliprange: float = 0.2
-    cliprange_high: float | None = None  # asymmetric upper clip (DAPO); default = cliprange
     target_approx_kl: float = 0.0  # > 0: stop a step's epochs once approx KL exceeds it
     sample_every: int = 10  # write samples.jsonl rows every N steps
     n_samples_logged: int = 8
@@ -439,10 +437,14 @@ class OnlineKeys:
                     "top_k", "generation_batch_size"):  # fmt: skip
             if getattr(self, key) < 0:
                 raise ConfigError(f"key '{key}': expected a number >= 0, got {getattr(self, key)}")
-        if not 0 < self.cliprange < 1:
-            raise ConfigError(f"key 'cliprange': expected 0 < x < 1, got {self.cliprange}")
-        if self.cliprange_high is not None and not self.cliprange_high > 0:
-            raise ConfigError(f"key 'cliprange_high': expected x > 0, got {self.cliprange_high}")
+
+
+def _check_clip(cfg: Any, low_key: str, high_key: str) -> None:
+    low, high = getattr(cfg, low_key), getattr(cfg, high_key)
+    if not 0 < low < 1:
+        raise ConfigError(f"key '{low_key}': expected 0 < x < 1, got {low}")
+    if high is not None and not high > 0:
+        raise ConfigError(f"key '{high_key}': expected x > 0, got {high}")
 
 
 @dataclasses.dataclass
@@ -454,6 +456,8 @@ class PPOConfig(OnlineKeys, ModelKeys, TrainConfig):
     scheduler: str = "linear"
     log_every: int = 1
     ppo_epochs: int = 4
+    cliprange: float = 0.2
+    cliprange_high: float | None = None  # asymmetric upper clip (DAPO); default = cliprange
     value_model: str = "auto"  # auto (the RM, else policy) | reward | policy | shared | a folder
     value_learning_rate: float | None = None  # default: learning_rate
     cliprange_value: float | None = 0.2  # None: unclipped value loss
@@ -472,6 +476,7 @@ class PPOConfig(OnlineKeys, ModelKeys, TrainConfig):
         TrainConfig.validate(self)
         self.validate_model()
         self.validate_online()
+        _check_clip(self, "cliprange", "cliprange_high")
         if self.value_model in ("reward",) and not self.reward_model:
             raise ConfigError("key 'value_model': 'reward' needs --reward-model")
         for key in ("gamma", "lam"):
@@ -488,3 +493,44 @@ class PPOConfig(OnlineKeys, ModelKeys, TrainConfig):
             raise ConfigError(
                 f"key 'value_learning_rate': expected a number > 0, got {self.value_learning_rate}"
             )
+
+
+GRPO_SCALE_REWARDS = ("group", "batch", "none")
+GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
+GRPO_ADVANTAGES = ("grpo", "rloo")
+
+
+@dataclasses.dataclass
+class GRPOConfig(OnlineKeys, ModelKeys, TrainConfig):
+    """``rlhfkit grpo`` / ``rlhfkit rloo``: ``num_generations`` samples per prompt, their
+    advantages relative to the group, no value model (Shao et al. 2024). ``max_steps``
+    counts steps (rollout + update); ``rollout_batch_size`` counts prompts."""
+
+    learning_rate: float = 1e-6
+    scheduler: str = "linear"
+    log_every: int = 1
+    rollout_batch_size: int = 16  # prompts per step; x num_generations responses
+    num_generations: int = 8  # G
+    advantage_estimator: str = "grpo"  # grpo (group-normalised) | rloo (leave-one-out)
+    scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
+    loss_type: str = "grpo"  # grpo | dapo | dr_grpo
+    beta: float = 0.04  # k3 KL to the reference in the loss; 0: no reference is loaded
+    epsilon_low: float = 0.2
+    epsilon_high: float | None = None  # DAPO's clip-higher (0.28); default = epsilon_low
+    reward_normalize: bool = False  # several reward sources: weighted sum of raw values
+
+    def validate(self) -> None:
+        TrainConfig.validate(self)
+        self.validate_model()
+        self.validate_online()
+        _check_clip(self, "epsilon_low", "epsilon_high")
+        _choice(self, "advantage_estimator", GRPO_ADVANTAGES)
+        _choice(self, "scale_rewards", GRPO_SCALE_REWARDS)
+        _choice(self, "loss_type", GRPO_LOSS_TYPES)
+        if self.num_generations < 2:
+            raise ConfigError(
+                f"key 'num_generations': expected an integer >= 2 (a group needs several "
+                f"samples to compare), got {self.num_generations}"
+            )
+        if self.beta < 0:
+            raise ConfigError(f"key 'beta': expected a number >= 0, got {self.beta}")

@@ -115,6 +115,26 @@ def gae(
     return advantages, returns
 
 
+def clipped_surrogate(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO / GRPO clipped objective, negated for minimisation:
+    ``l_t = -min(rho_t A_t, clip(rho_t, 1 - eps_low, 1 + eps_high) A_t)`` with
+    ``rho_t = exp(log pi - log pi_old)``. ``eps_high`` defaults to ``eps_low``; a larger
+    one is DAPO's "clip-higher". ``advantages`` broadcast against ``logps`` (``(B, 1)``
+    for sequence advantages). Returns the per-token loss and a float mask of the tokens
+    whose clipped term was the active one."""
+    high = eps_low if eps_high is None else eps_high
+    ratio = torch.exp(logps - old_logps)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - eps_low, 1.0 + high)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped).float()
+
+
 @dataclass(frozen=True)
 class PolicyLoss:
     loss: torch.Tensor  # masked token mean, differentiable
@@ -136,16 +156,20 @@ def clipped_policy_loss(
     ``rho_t = exp(log pi - log pi_old)``; ``eps_high`` defaults to ``eps_low`` (DAPO's
     asymmetric "clip-higher" when set). The mean is over all masked tokens of the batch.
     """
-    high = clip if clip_high is None else clip_high
-    log_ratio = logps - old_logps
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + high)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token, was_clipped = clipped_surrogate(logps, old_logps, advantages, clip, clip_high)
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
-        clip_fraction = masked_mean((clipped > unclipped).float(), mask)
-        approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
+        clip_fraction = masked_mean(was_clipped, mask)
+        approx_kl = masked_mean(approx_kl_old_new(logps, old_logps), mask)
     return PolicyLoss(loss, clip_fraction, approx_kl)
+
+
+def approx_kl_old_new(logps: torch.Tensor, old_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of ``KL(pi_old || pi)`` from samples of ``pi_old``:
+    ``(rho - 1) - log rho`` with ``rho = pi / pi_old`` (detached use: diagnostics and
+    the early stop on ``target_approx_kl``)."""
+    log_ratio = logps - old_logps
+    return torch.expm1(log_ratio) - log_ratio
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ return a list of numbers (or a 1-D tensor), one per completion.
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -68,8 +70,43 @@ class ModelReward:
         return self.rm.score(prompts, completions, self.batch_size)
 
 
+def _split_arguments(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"mod:fn(a=1, b='x')"`` -> ``("mod:fn", {"a": 1, "b": "x"})``; literals only."""
+    spec = spec.strip()
+    if not spec.endswith(")") or "(" not in spec:
+        return spec, {}
+    head, _, _ = spec.partition("(")
+    try:
+        call = ast.parse("f" + spec[len(head) :], mode="eval").body
+        assert isinstance(call, ast.Call) and not call.args
+        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+        assert None not in kwargs
+    except (SyntaxError, ValueError, AssertionError) as e:
+        raise ConfigError(
+            f"reward function {spec!r}: arguments must be keyword=literal pairs, "
+            "e.g. module:function(max_length=64, pattern='x')"
+        ) from e
+    return head, kwargs  # type: ignore[return-value]
+
+
 def load_function(spec: str) -> Callable[..., Any]:
-    """``package.module:function`` or ``path/to/file.py:function``."""
+    """``package.module:function`` or ``path/to/file.py:function``, optionally with
+    keyword arguments bound: ``module:function(max_length=64)``."""
+    spec, bound = _split_arguments(spec)
+    fn = _load_function(spec)
+    if not bound:
+        return fn
+    accepts = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepts.values())
+    unknown = [k for k in bound if k not in accepts] if not takes_any else []
+    if unknown:
+        raise ConfigError(f"reward function {spec!r} has no argument {unknown[0]!r}")
+    bound_fn = functools.partial(fn, **bound)
+    bound_fn.__name__ = getattr(fn, "__name__", "function")  # type: ignore[attr-defined]
+    return bound_fn
+
+
+def _load_function(spec: str) -> Callable[..., Any]:
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:
         raise ConfigError(
@@ -157,13 +194,15 @@ class Normalizer:
 
 class WeightedSum:
     """``sum_i w_i * (r_i - mean_i) / std_i`` with each source's mean / std from
-    :meth:`calibrate` (identity until calibrated)."""
+    :meth:`calibrate` (identity until calibrated); with ``normalize=False`` the plain
+    ``sum_i w_i * r_i`` (GRPO's weighted reward functions, as TRL sums them)."""
 
     def __init__(
         self,
         sources: Sequence[RewardSource],
         weights: Sequence[float] | None = None,
         name: str = "weighted_sum",
+        normalize: bool = True,
     ) -> None:
         if not sources:
             raise ConfigError("a weighted sum needs at least one reward source")
@@ -173,6 +212,7 @@ class WeightedSum:
             raise ConfigError(f"{len(self.sources)} reward sources but {len(self.weights)} weights")
         self.norms = [Normalizer() for _ in self.sources]
         self.name = name
+        self.normalize = normalize
 
     def state_dict(self) -> list[dict[str, Any]]:
         return [n.state_dict() for n in self.norms]
@@ -182,19 +222,30 @@ class WeightedSum:
             norm.load_state_dict(st)
 
     def calibrate(self, prompts, completions, fields=None) -> None:
+        if not self.normalize:
+            return
         for src, norm in zip(self.sources, self.norms, strict=True):
             norm.fit(src.score(prompts, completions, fields))
 
     def components(self, prompts, completions, fields=None) -> dict[str, torch.Tensor]:
-        """Each source's normalised reward, by name (for logging them separately)."""
-        return {
-            src.name: norm(src.score(prompts, completions, fields))
-            for src, norm in zip(self.sources, self.norms, strict=True)
-        }
+        """Each source's (normalised) reward, by name."""
+        out = {}
+        for i, (src, norm) in enumerate(zip(self.sources, self.norms, strict=True)):
+            r = src.score(prompts, completions, fields)
+            name = src.name if src.name not in out else f"{src.name}_{i}"
+            out[name] = norm(r) if self.normalize else r
+        return out
+
+    def score_with_parts(
+        self, prompts, completions, fields=None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The combined reward and each source's part (for logging them separately)."""
+        parts = self.components(prompts, completions, fields)
+        total = sum(w * v for w, v in zip(self.weights, parts.values(), strict=True))
+        return total, parts  # type: ignore[return-value]
 
     def score(self, prompts, completions, fields=None) -> torch.Tensor:
-        parts = self.components(prompts, completions, fields)
-        return sum(w * v for w, v in zip(self.weights, parts.values(), strict=True))  # type: ignore[return-value]
+        return self.score_with_parts(prompts, completions, fields)[0]
 
 
 class SafetyGated:
@@ -228,12 +279,17 @@ class SafetyGated:
 
     def combined(self, prompts, completions, fields=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The gated reward before whitening, and which samples used the safety score."""
+        r, parts = self._gated(prompts, completions, fields)
+        return r, parts["safety_gate"].bool()
+
+    def _gated(self, prompts, completions, fields=None) -> tuple[torch.Tensor, dict]:
         fields = _fields(len(completions), fields)
         h = self.helpfulness.score(prompts, completions, fields)
         s = self.safety.score(prompts, completions, fields)
         flagged = torch.tensor([bool(f.get(self.unsafe_field, False)) for f in fields])
         use_safety = flagged | (s < self.logit_threshold)
-        return torch.where(use_safety, s, h), use_safety
+        parts = {"helpfulness": h, "safety": s, "safety_gate": use_safety.float()}
+        return torch.where(use_safety, s, h), parts
 
     def calibrate(self, prompts, completions, fields=None) -> None:
         self.norm.fit(self.combined(prompts, completions, fields)[0])
@@ -244,15 +300,22 @@ class SafetyGated:
     def load_state_dict(self, state: list[dict[str, Any]]) -> None:
         self.norm.load_state_dict(state[0])
 
-    def score(self, prompts, completions, fields=None) -> torch.Tensor:
-        r, _ = self.combined(prompts, completions, fields)
+    def score_with_parts(
+        self, prompts, completions, fields=None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The combined reward, and the raw helpfulness / safety scores and the share of
+        samples judged on safety (for logging them separately)."""
+        r, parts = self._gated(prompts, completions, fields)
         if not self.whiten:
-            return r
+            return r, parts
         if self.norm.fitted:
-            return self.norm(r)
+            return self.norm(r), parts
         if r.numel() > 1 and float(r.std()) > 1e-8:
-            return (r - r.mean()) / r.std()
-        return r
+            return (r - r.mean()) / r.std(), parts
+        return r, parts
+
+    def score(self, prompts, completions, fields=None) -> torch.Tensor:
+        return self.score_with_parts(prompts, completions, fields)[0]
 
 
 def build_reward_source(
@@ -263,10 +326,12 @@ def build_reward_source(
     safety_threshold: float = 0.15,
     unsafe_field: str = "unsafe",
     device: Any = None,
+    normalize: bool = True,
 ) -> RewardSource:
     """The reward of an online stage from its config keys: one source as it is; several
     as a calibrated weighted sum (``combine="sum"``) or Llama 2's helpfulness / safety
-    rule (``combine="llama2"``, two reward models: helpfulness first)."""
+    rule (``combine="llama2"``, two reward models: helpfulness first). ``normalize=False``
+    sums the sources' raw values (weighted) instead of calibrating each."""
     sources: list[RewardSource] = [
         ModelReward(path, name=f"rm{i}" if len(reward_models) > 1 else "rm", device=device)
         for i, path in enumerate(reward_models)
@@ -280,4 +345,4 @@ def build_reward_source(
         return SafetyGated(sources[0], sources[1], safety_threshold, unsafe_field)
     if len(sources) == 1 and (weights is None or list(weights) == [1.0]):
         return sources[0]
-    return WeightedSum(sources, weights)
+    return WeightedSum(sources, weights, normalize=normalize)

@@ -24,11 +24,18 @@ from rlhfkit.algorithms.logprobs import token_logps
 from rlhfkit.algorithms.ppo import RunningMoments
 from rlhfkit.config import OnlineKeys, TrainConfig
 from rlhfkit.data.types import PromptRecord
+from rlhfkit.models.loading import is_peft, load_causal_lm, lora_spec, save_pretrained_atomic
 from rlhfkit.models.reward import positions_from_mask
 from rlhfkit.rollout.generation import SamplingParams
 from rlhfkit.rollout.generator import Generator, Rollout
 from rlhfkit.rollout.rewards import RewardSource
-from rlhfkit.training.loop import LossOutput, MetricSums, TrainingRun
+from rlhfkit.training.loop import (
+    LossOutput,
+    MetricSums,
+    TrainingRun,
+    build_optimizer,
+    build_scheduler,
+)
 from rlhfkit.training.tracking import MetricsWriter
 
 log = logging.getLogger("rlhfkit")
@@ -245,6 +252,42 @@ class OnlineRun(TrainingRun):
         self.step = 0
         self._warned: set[str] = set()
 
+    def prepare_model(
+        self,
+        model: ActorCritic,
+        reference: torch.nn.Module | None,
+        value_learning_rate: float | None = None,
+    ) -> None:
+        """One optimizer over the policy (and value model, at its own rate), both
+        prepared by accelerate; the LR schedule over :meth:`optimizer_steps`; the frozen
+        reference (None: the LoRA policy with adapters disabled, or no reference)."""
+        cfg, acc = self.cfg, self.accelerator
+        policy_params, value_params = split_params(model)
+        optimizer = build_optimizer(
+            model,
+            cfg,
+            [(policy_params, cfg.learning_rate),
+             (value_params, value_learning_rate or cfg.learning_rate)],
+        )  # fmt: skip
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.optimizer_steps())
+        acc.register_for_checkpointing(self.scheduler)
+        self.reference = (
+            reference.to(acc.device).eval().requires_grad_(False) if reference else None
+        )
+
+    def save_final(self) -> None:
+        """``final/``: the policy (``from_pretrained`` loads it); ``value_model/``: the
+        value model, when it is a separate model."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.model)
+            save_pretrained_atomic(model.policy, self.tokenizer, self.out / "final")
+            if model.critic is not None:
+                save_pretrained_atomic(model.critic, self.tokenizer, self.out / "value_model")
+        acc.wait_for_everyone()
+
     def optimizer_steps(self) -> int:
         """Optimizer steps of the whole run (for the LR schedule)."""
         cfg = self.cfg
@@ -291,23 +334,33 @@ class OnlineRun(TrainingRun):
 
     def score(
         self, records: Sequence[PromptRecord], rollout: Rollout
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw scores from the reward source, and the scores the update uses (missing-EOS
-        penalty, optional running normalisation and clipping)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Raw scores from the reward source, the scores the update uses (missing-EOS
+        penalty, optional running normalisation and clipping), and the batch mean of
+        each part of a combined reward (``reward_<name>``), for the metrics."""
         cfg = self.cfg
         prompts = [r.prompt for r in records]
-        extra = [r.extra for r in records]
+        lengths = rollout.lengths.tolist()
+        extra = [{**r.extra, "completion_length": n} for r, n in zip(records, lengths, strict=True)]
         if not self.calibrated:  # a combination of sources: scales from the first rollout
             self.reward.calibrate(prompts, rollout.texts, extra)  # type: ignore[attr-defined]
             self.calibrated = True
-        raw = self.reward.score(prompts, rollout.texts, extra).float()
+        part_means: dict[str, float] = {}
+        if hasattr(self.reward, "score_with_parts"):
+            raw, parts = self.reward.score_with_parts(prompts, rollout.texts, extra)  # type: ignore[attr-defined]
+            part_means = {
+                f"reward_{k}": float(self.gather(v.float()).mean()) for k, v in parts.items()
+            }
+        else:
+            raw = self.reward.score(prompts, rollout.texts, extra)
+        raw = raw.float()
         scores = raw - cfg.missing_eos_penalty * rollout.truncated.float().cpu()
         if cfg.reward_norm:
             self.moments.update(self.gather(scores))
             scores = (scores - self.moments.mean) / self.moments.std
         if cfg.reward_clip > 0:
             scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
-        return raw, scores
+        return raw, scores, part_means
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` from every process, concatenated (on the CPU)."""
@@ -367,6 +420,11 @@ class OnlineRun(TrainingRun):
         """Extra losses per optimizer step, backpropagated before the minibatch (PPO-ptx)."""
         return {}
 
+    def loss_denominator(self, exp: Experience, idx: torch.Tensor) -> float:
+        """What a minibatch's summed :meth:`loss` is divided by, over all processes: its
+        response tokens (a token mean). GRPO's loss types change it."""
+        return self.global_sum(float(exp.mask[idx].sum()))
+
     def clip_groups(self) -> list[list[torch.nn.Parameter]]:
         policy, value = split_params(self.accelerator.unwrap_model(self.model))
         return [g for g in (policy, value) if g]
@@ -387,7 +445,7 @@ class OnlineRun(TrainingRun):
                 idx = perm[start : start + per_update]
                 micro = [idx[i : i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
                 n_tokens = self.global_sum(float(exp.mask[idx].sum()))
-                scale = acc.num_processes / max(n_tokens, 1.0)
+                scale = acc.num_processes / max(self.loss_denominator(exp, idx), 1e-8)
                 extra.add(self.extra_backward(model))
                 step_metrics = MetricSums()
                 for j, m in enumerate(micro):
@@ -420,17 +478,22 @@ class OnlineRun(TrainingRun):
         stats["update_tokens"] = tokens_total
         return stats
 
+    def step_indices(self) -> list[int]:
+        """Prompt indices of this step's rollout rows (GRPO repeats each one G times)."""
+        return self.schedule.indices(self.step)
+
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
-        idx = self.schedule.indices(self.step)
+        idx = self.step_indices()
         records = [self.prompts[i] for i in idx]
         t0 = time.perf_counter()
         rollout = self.rollout(idx)
         t1 = time.perf_counter()
-        raw, scores = self.score(records, rollout)
+        raw, scores, part_means = self.score(records, rollout)
         t2 = time.perf_counter()
         exp, stats = self.make_experience(rollout, scores)
         t3 = time.perf_counter()
+        stats.update(part_means)
         stats.update(self.update(exp))
         t4 = time.perf_counter()
         lengths = rollout.lengths.float()
@@ -530,6 +593,25 @@ class OnlineRun(TrainingRun):
             "eval_response_length": self.global_sum(float(cat(lengths).sum())) / max(n, 1),
             "eval_no_eos_share": self.global_sum(float(cat(trunc).sum())) / max(n, 1),
         }
+
+
+def load_policy(
+    cfg: Any, tokenizer: Any, need_reference: bool = True
+) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The policy to train (with LoRA adapters when ``lora_r > 0``) and its frozen
+    reference: ``ref_model`` or the starting weights; None when it is not needed or when
+    the LoRA policy with adapters disabled serves as the reference (no second copy)."""
+    policy = load_causal_lm(
+        cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, lora=lora_spec(cfg)
+    )
+    if policy.generation_config is not None:
+        policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    reference = None
+    if need_reference and (cfg.ref_model or not is_peft(policy)):
+        reference = load_causal_lm(
+            cfg.ref_model or cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+        )
+    return policy, reference
 
 
 def global_whiten(

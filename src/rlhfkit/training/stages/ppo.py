@@ -31,19 +31,18 @@ from rlhfkit.algorithms.ppo import (
 from rlhfkit.algorithms.sft import token_nll_sum
 from rlhfkit.config import PPOConfig
 from rlhfkit.errors import ConfigError
-from rlhfkit.models.loading import is_peft, load_causal_lm, lora_spec, save_pretrained_atomic
 from rlhfkit.models.reward import load_reward_model
 from rlhfkit.rollout.generator import Rollout
 from rlhfkit.rollout.rewards import build_reward_source
-from rlhfkit.training.loop import LossOutput, TrainResult, build_optimizer, build_scheduler
+from rlhfkit.training.loop import LossOutput, TrainResult
 from rlhfkit.training.online import (
     ActorCritic,
     Experience,
     OnlineRun,
     PromptSchedule,
     global_whiten,
+    load_policy,
     reference_logps,
-    split_params,
 )
 from rlhfkit.training.run import StageInputs, prepare_stage
 
@@ -97,19 +96,8 @@ class PPORun(OnlineRun):
         )  # fmt: skip
         self.setup_online(cfg, acc, s.tokenizer, s.template, s.train, s.eval, reward, "ppo")
         self.cfg: PPOConfig = cfg
-        model = ActorCritic(policy, critic, value_head)
-        policy_params, value_params = split_params(model)
-        optimizer = build_optimizer(
-            model,
-            cfg,
-            [(policy_params, cfg.learning_rate),
-             (value_params, cfg.value_learning_rate or cfg.learning_rate)],
-        )  # fmt: skip
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.optimizer_steps())
-        acc.register_for_checkpointing(self.scheduler)
-        self.reference = (
-            reference.to(acc.device).eval().requires_grad_(False) if reference else None
+        self.prepare_model(
+            ActorCritic(policy, critic, value_head), reference, cfg.value_learning_rate
         )
         self.kl_ctl = (
             AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
@@ -133,16 +121,6 @@ class PPORun(OnlineRun):
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self.kl_ctl.load_state_dict(state["kl_controller"])
-
-    def save_final(self) -> None:
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
-            save_pretrained_atomic(model.policy, self.tokenizer, self.out / "final")
-            if model.critic is not None:
-                save_pretrained_atomic(model.critic, self.tokenizer, self.out / "value_model")
-        acc.wait_for_everyone()
 
     # -- experience -----------------------------------------------------------------
     def make_experience(
@@ -240,16 +218,7 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False) ->
         cfg, "prompt", resume=resume, overwrite=overwrite, data_key="prompts",
         eval_key="eval_prompts",
     )  # fmt: skip
-    policy = load_causal_lm(
-        cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, lora=lora_spec(cfg)
-    )
-    if policy.generation_config is not None:
-        policy.generation_config.pad_token_id = s.tokenizer.pad_token_id
-    reference = None
-    if cfg.ref_model or not is_peft(policy):
-        reference = load_causal_lm(
-            cfg.ref_model or cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
-        )
+    policy, reference = load_policy(cfg, s.tokenizer)
     critic, head = load_value_model(cfg, policy, s.tokenizer)
     ptx = None
     if cfg.ptx_data and cfg.ptx_coef > 0:
