@@ -91,6 +91,8 @@ TRAINING_STAGES = {
     "rm": ("RMConfig", "rlhfkit.training.stages.reward:run_rm"),
     "dpo": ("DPOConfig", "rlhfkit.training.stages.dpo:run_dpo"),
     "ppo": ("PPOConfig", "rlhfkit.training.stages.ppo:run_ppo"),
+    "grpo": ("GRPOConfig", "rlhfkit.training.stages.grpo:run_grpo"),
+    "rloo": ("GRPOConfig", "rlhfkit.training.stages.grpo:run_rloo"),
 }
 
 
@@ -191,29 +193,52 @@ RewardFnOpt = Annotated[
 ]
 
 
-@app.command()
-def ppo(
-    model: ModelOpt = None,
-    reward_model: RewardModelOpt = None,
-    reward_fn: RewardFnOpt = None,
-    prompts: PromptsOpt = None,
-    out: OutOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    resume: ResumeOpt = False,
-    overwrite: OverwriteOpt = False,
-    skip_invalid: SkipOpt = None,
-) -> None:
-    """RLHF with PPO: sample, score, KL-shape, GAE, clipped policy + value updates."""
-    cli = {
-        "model": model,
-        "reward_model": reward_model or None,
-        "reward_fn": reward_fn or None,
-        "prompts": prompts,
-        "out": out,
-        "skip_invalid": skip_invalid,
-    }
-    _train("ppo", cli, config, set_, resume, overwrite)
+def _online_command(stage: str, doc: str) -> Callable[..., None]:
+    """One command per online stage; they share their options."""
+
+    def command(
+        model: ModelOpt = None,
+        reward_model: RewardModelOpt = None,
+        reward_fn: RewardFnOpt = None,
+        prompts: PromptsOpt = None,
+        out: OutOpt = None,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        resume: ResumeOpt = False,
+        overwrite: OverwriteOpt = False,
+        skip_invalid: SkipOpt = None,
+    ) -> None:
+        cli = {
+            "model": model,
+            "reward_model": reward_model or None,
+            "reward_fn": reward_fn or None,
+            "prompts": prompts,
+            "out": out,
+            "skip_invalid": skip_invalid,
+        }
+        _train(stage, cli, config, set_, resume, overwrite)
+
+    command.__doc__ = doc
+    return command
+
+
+app.command("ppo")(
+    _online_command(
+        "ppo", "RLHF with PPO: sample, score, KL-shape, GAE, clipped policy + value updates."
+    )
+)
+app.command("grpo")(
+    _online_command(
+        "grpo",
+        "GRPO: G samples per prompt, group-relative advantages, no value model. "
+        "Built-in rewards: --reward-fn rlhfkit.rewards:exact_answer (docs/grpo.md).",
+    )
+)
+app.command("rloo")(
+    _online_command(
+        "rloo", "RLOO: GRPO's machinery with the leave-one-out baseline (k samples per prompt)."
+    )
+)
 
 
 @app.command()
