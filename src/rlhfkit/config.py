@@ -534,3 +534,181 @@ class GRPOConfig(OnlineKeys, ModelKeys, TrainConfig):
             )
         if self.beta < 0:
             raise ConfigError(f"key 'beta': expected a number >= 0, got {self.beta}")
+
+
+SELECTION_RULES = ("best", "top_fraction", "all")
+
+
+def validate_reward_keys(cfg: Any, required: bool = True) -> None:
+    """The reward-source keys every stage that scores samples shares (names as in
+    :class:`OnlineKeys`)."""
+    if required and not cfg.reward_model and not cfg.reward_fn:
+        raise ConfigError(
+            "key 'reward_model': expected a reward model (--reward-model) or a reward "
+            "function (--reward-fn)"
+        )
+    _choice(cfg, "reward_combine", REWARD_COMBINE)
+    if cfg.reward_combine == "llama2" and (len(cfg.reward_model) != 2 or cfg.reward_fn):
+        raise ConfigError(
+            "key 'reward_combine': llama2 needs exactly two reward models "
+            "(helpfulness first, safety second) and no reward function"
+        )
+    n_sources = len(cfg.reward_model) + len(cfg.reward_fn)
+    if cfg.reward_weights is not None and len(cfg.reward_weights) != n_sources:
+        raise ConfigError(
+            f"key 'reward_weights': {len(cfg.reward_weights)} weights for {n_sources} reward sources"
+        )
+    if not 0 < cfg.safety_threshold < 1:
+        raise ConfigError(f"key 'safety_threshold': expected 0 < x < 1, got {cfg.safety_threshold}")
+
+
+@dataclasses.dataclass
+class SamplingKeys:
+    """Prompts, K samples per prompt and the reward that ranks them: what rejection
+    sampling, best-of-n, ReST and HIR share. Key names and defaults as in
+    :class:`OnlineKeys`; docs/selftrain.md."""
+
+    prompts: str = ""  # prompt records (JSONL / JSON / Parquet / dataset)
+    split: str = "train"
+    skip_invalid: bool = False
+    reward_model: list[str] = dataclasses.field(default_factory=list)
+    reward_fn: list[str] = dataclasses.field(default_factory=list)
+    reward_combine: str = "sum"
+    reward_weights: list[float] | None = None
+    safety_threshold: float = 0.15
+    unsafe_field: str = "unsafe"
+    samples_per_prompt: int = 8  # K
+    max_prompt_length: int = 256
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    missing_eos_penalty: float = 0.0  # subtracted from the score of responses without EOS
+    generation_batch_size: int = 64  # sequences per generate call
+    score_batch_size: int = 64  # samples per reward call
+
+    def validate_sampling(self, reward_required: bool = True) -> None:
+        if not self.prompts:
+            raise ConfigError("key 'prompts': expected a prompt file or dataset (--prompts)")
+        validate_reward_keys(self, reward_required)
+        for key in ("samples_per_prompt", "max_prompt_length", "max_new_tokens",
+                    "generation_batch_size", "score_batch_size"):  # fmt: skip
+            if getattr(self, key) < 1:
+                raise ConfigError(
+                    f"key '{key}': expected an integer >= 1, got {getattr(self, key)}"
+                )
+        if not self.temperature > 0:
+            raise ConfigError(f"key 'temperature': expected a number > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"key 'top_p': expected 0 < x <= 1, got {self.top_p}")
+        for key in ("top_k", "missing_eos_penalty"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"key '{key}': expected a number >= 0, got {getattr(self, key)}")
+
+
+@dataclasses.dataclass
+class SelfTrainKeys(SamplingKeys, ModelKeys, TrainConfig):
+    """A self-training stage: rounds of sampling from the policy, then SFT on what is
+    kept. The TrainConfig keys (learning_rate, batch_size, epochs, ...) drive each
+    round's fine-tuning, run by the SFT stage."""
+
+    rounds: int = 1
+    packing: bool = False  # the fine-tuning rounds' SFT packing
+
+    def validate(self) -> None:
+        TrainConfig.validate(self)
+        self.validate_model()
+        self.validate_sampling()
+        if self.rounds < 1:
+            raise ConfigError(f"key 'rounds': expected an integer >= 1, got {self.rounds}")
+
+
+@dataclasses.dataclass
+class RejectionSamplingConfig(SelfTrainKeys):
+    """``rlhfkit rejection-sampling``: K samples per prompt, the best by reward kept, SFT
+    on them, over ``rounds`` (Llama 2's RLHF-V1 ... V4), optionally refreshing the
+    reward model between rounds and finishing with PPO (RLHF-V5)."""
+
+    keep: str = "best"  # best | top_fraction | all
+    keep_fraction: float = 0.25  # top_fraction: the best ceil(x * K) of each prompt
+    min_reward: float | None = None  # also drop kept samples scoring below this
+    round_start: str = "last"  # last: each round fine-tunes the previous round's policy | initial
+    rm_refresh: str = ""  # module:function run between rounds; returns the new reward model(s)
+    rm_refresh_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ppo: dict[str, Any] | None = None  # PPO keys: finish with PPO from the last policy
+
+    def validate(self) -> None:
+        SelfTrainKeys.validate(self)
+        _choice(self, "keep", SELECTION_RULES)
+        _choice(self, "round_start", ("last", "initial"))
+        if not 0 < self.keep_fraction <= 1:
+            raise ConfigError(f"key 'keep_fraction': expected 0 < x <= 1, got {self.keep_fraction}")
+        if self.ppo is not None:
+            try:
+                from_dict(PPOConfig, self.ppo)
+            except ConfigError as e:
+                raise ConfigError(f"key 'ppo': {e}") from e
+
+
+@dataclasses.dataclass
+class ReSTConfig(SelfTrainKeys):
+    """``rlhfkit rest``: ReST (Gulcehre et al. 2023): each of ``rounds`` Grow steps samples
+    a dataset from the policy; then one Improve step per threshold keeps the samples
+    whose reward is at least that threshold and fine-tunes on them."""
+
+    thresholds: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.75, 0.9])
+    threshold_mode: str = "quantile"  # quantile (of the Grow rewards) | value
+
+    def validate(self) -> None:
+        SelfTrainKeys.validate(self)
+        _choice(self, "threshold_mode", ("quantile", "value"))
+        from rlhfkit.rollout.selection import check_schedule
+
+        try:
+            check_schedule(self.thresholds, self.threshold_mode)
+        except ValueError as e:
+            raise ConfigError(f"key 'thresholds': {e}") from e
+
+
+@dataclasses.dataclass
+class HIRConfig(SelfTrainKeys):
+    """``rlhfkit hir``: hindsight instruction relabeling (Zhang et al. 2023): sample,
+    rewrite each prompt with ``relabel_fn`` so that the response is right for it,
+    fine-tune on the relabeled pairs (plus the contrastive term when its weight > 0).
+    A reward is optional (only logged)."""
+
+    samples_per_prompt: int = 4
+    relabel_fn: str = ""  # module:function or file.py:function
+    contrastive_weight: float = 0.0  # > 0: adds HIR's contrastive term
+
+    def validate(self) -> None:
+        TrainConfig.validate(self)
+        self.validate_model()
+        self.validate_sampling(reward_required=False)
+        if self.rounds < 1:
+            raise ConfigError(f"key 'rounds': expected an integer >= 1, got {self.rounds}")
+        if not self.relabel_fn:
+            raise ConfigError(
+                "key 'relabel_fn': expected module:function or file.py:function (the built-in "
+                "task's is rlhfkit.demo.relabel:relabel)"
+            )
+        if self.contrastive_weight < 0:
+            raise ConfigError(
+                f"key 'contrastive_weight': expected a number >= 0, got {self.contrastive_weight}"
+            )
+
+
+@dataclasses.dataclass
+class BestOfNConfig(SamplingKeys, ModelKeys):
+    """``rlhfkit best-of-n``: inference-time best-of-K: K samples per prompt, the one the
+    reward scores highest is the answer. ``out`` is a JSONL file."""
+
+    out: str = ""
+    seed: int = 42
+    cpu: bool = False
+
+    def validate(self) -> None:
+        self.validate_model()
+        self.validate_sampling()
+        if not self.out:
+            raise ConfigError("key 'out': expected the output JSONL file (--out FILE)")
