@@ -32,8 +32,10 @@ def parse_number(text: Any) -> Fraction | None:
     """A number written as ``12``, ``-3``, ``1,024``, ``2.5`` or ``3/4``, exactly (or None)."""
     if text is None:
         return None
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return Fraction(text) if math.isfinite(text) else None
+    if isinstance(text, int) and not isinstance(text, bool):
+        return Fraction(text)
+    if isinstance(text, float):  # 0.1 means 1/10, not its binary approximation
+        return Fraction(repr(text)) if math.isfinite(text) else None
     try:
         return Fraction(str(text).strip().replace(",", ""))
     except (ValueError, ZeroDivisionError):

@@ -73,12 +73,6 @@ def test_parse_number_returns_none_for_non_numbers(text) -> None:
     assert parse_number(text) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_number(float) uses Fraction(float), the exact binary value "
-    "(0.1 -> 3602879701896397/36028797018963968), so it never equals the decimal '0.1' "
-    "that last_number reads from a completion",
-)
 def test_parse_number_float_equals_its_decimal_text() -> None:
     assert parse_number(0.1) == Fraction(1, 10)
     assert parse_number(3.14) == parse_number("3.14")
@@ -131,11 +125,6 @@ def test_exact_answer_ignores_other_fields() -> None:
     assert exact_answer(completions=["9"], answer=[9], prompts=["?"], kind=["x"]) == [1.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a float answer from a JSON record (0.1) is compared as its binary value, "
-    "so the correct completion '0.1' scores 0.0 (see parse_number)",
-)
 def test_exact_answer_with_a_float_answer() -> None:
     assert exact_answer(["The answer is 0.1", "1.1"], [0.1, 1.1]) == [1.0, 1.0]
 
@@ -258,12 +247,6 @@ def test_spec_arguments_must_be_keyword_literals(spec: str) -> None:
         load_function(spec)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): _split_arguments only parses the text, and Python's parser accepts "
-    "a repeated keyword (the compiler rejects it) and a chained call; the spec is then "
-    "silently read as max_length=16 / as (cache=8) only, instead of raising ConfigError",
-)
 @pytest.mark.parametrize(
     "spec",
     [
@@ -276,23 +259,11 @@ def test_spec_repeated_or_chained_arguments_are_errors(spec: str) -> None:
         load_function(spec)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the built-in rewards take **fields, so load_function skips its "
-    "unknown-argument check and a misspelt bound argument (max_len) is silently "
-    "swallowed: overlong_penalty keeps its default max_length=64",
-)
 def test_misspelt_argument_of_a_builtin_reward_is_an_error() -> None:
     with pytest.raises(ConfigError, match="max_len"):
         load_function("rlhfkit.rewards:overlong_penalty(max_len=32)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FunctionReward.score passes every record field as a keyword; a record "
-    "field named like a bound argument (coef) overrides the spec's value (partial lets "
-    "call keywords win) and the reward crashes on a list",
-)
 def test_bound_argument_wins_over_a_record_field_of_the_same_name() -> None:
     src = FunctionReward("rlhfkit.rewards:length_reward(coef=2.0)")
     # 3 words x 2.0 = 6.0, whatever the record's own 'coef' field holds

@@ -78,9 +78,11 @@ def _split_arguments(spec: str) -> tuple[str, dict[str, Any]]:
     head, _, _ = spec.partition("(")
     try:
         call = ast.parse("f" + spec[len(head) :], mode="eval").body
-        assert isinstance(call, ast.Call) and not call.args
+        assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+        assert not call.args
+        names = [kw.arg for kw in call.keywords]
+        assert None not in names and len(set(names)) == len(names)
         kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
-        assert None not in kwargs
     except (SyntaxError, ValueError, AssertionError) as e:
         raise ConfigError(
             f"reward function {spec!r}: arguments must be keyword=literal pairs, "
@@ -96,9 +98,12 @@ def load_function(spec: str) -> Callable[..., Any]:
     fn = _load_function(spec)
     if not bound:
         return fn
-    accepts = inspect.signature(fn).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepts.values())
-    unknown = [k for k in bound if k not in accepts] if not takes_any else []
+    named = {
+        name
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
+    unknown = [k for k in bound if k not in named]  # **fields would swallow a typo
     if unknown:
         raise ConfigError(f"reward function {spec!r} has no argument {unknown[0]!r}")
     bound_fn = functools.partial(fn, **bound)
@@ -153,6 +158,8 @@ class FunctionReward:
                 kwargs[key] = [f.get(key) for f in fields]
         if not self._takes_any:
             kwargs = {k: v for k, v in kwargs.items() if k in self._accepts}
+        for key in getattr(self.fn, "keywords", {}):  # arguments bound in the spec win
+            kwargs.pop(key, None)
         values = self.fn(**kwargs)
         out = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
         if out.shape != (len(completions),):
