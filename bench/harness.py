@@ -41,6 +41,7 @@ import logging
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -457,4 +458,27 @@ def summarize_side(runs: list[dict]) -> dict:
         "first_step_seconds": round(median([r["first_step_seconds"] for r in runs]), 3),
         "final_loss": round(runs[0]["losses"][-1], 6),
         "repeats": len(runs),
+    }
+
+
+ONLINE_SPLIT = ("time_generate", "time_score", "time_forward", "time_update")
+
+
+def online_step_report(metrics: list[dict]) -> dict:
+    """Per-step timings of an online stage's metrics.jsonl (PPO, GRPO, ...): medians over
+    the steps after the first (it warms up), split into generation / scoring / batched
+    forwards / update, with generated and update tokens per second."""
+    steady = metrics[1:] or metrics
+    med = {k: statistics.median(m[k] for m in steady) for k in ONLINE_SPLIT}
+    return {
+        "seconds_per_step": round(sum(med.values()), 4),
+        "seconds_split": {k.removeprefix("time_"): round(v, 4) for k, v in med.items()},
+        "rollout_tokens_per_s": round(
+            statistics.median(m["rollout_tokens_per_s"] for m in steady), 1
+        ),
+        "update_tokens_per_s": round(
+            statistics.median(m["update_tokens_per_s"] for m in steady), 1
+        ),
+        "response_length": round(statistics.mean(m["response_length"] for m in steady), 2),
+        "seconds_in_steps": sum(sum(m[k] for k in ONLINE_SPLIT) for m in metrics),
     }

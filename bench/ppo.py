@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -36,8 +35,6 @@ from rlhfkit.demo.task import extract_number
 def exact_answer(completions, answer, **fields):
     return [float(a is not None and extract_number(c) == a) for c, a in zip(completions, answer)]
 """
-
-SPLIT = ("time_generate", "time_score", "time_forward", "time_update")
 
 
 def main() -> None:
@@ -73,10 +70,8 @@ def main() -> None:
     t1 = time.perf_counter()
     run_ppo(cfg, overwrite=True)
     total_s = time.perf_counter() - t1
-    metrics = read_metrics(work / "run" / "metrics.jsonl")
-    steady = metrics[1:] or metrics
-    med = {k: statistics.median(m[k] for m in steady) for k in SPLIT}
-    step_s = sum(med.values())
+    report = harness.online_step_report(read_metrics(work / "run" / "metrics.jsonl"))
+    in_steps = report.pop("seconds_in_steps")
     out = {
         "bench": "ppo",
         "config": {
@@ -88,18 +83,10 @@ def main() -> None:
             "ppo_epochs": 4,
             "batch_size": 16,
         },
-        "seconds_per_step": round(step_s, 4),
-        "seconds_split": {k.removeprefix("time_"): round(v, 4) for k, v in med.items()},
-        "rollout_tokens_per_s": round(
-            statistics.median(m["rollout_tokens_per_s"] for m in steady), 1
-        ),
-        "update_tokens_per_s": round(
-            statistics.median(m["update_tokens_per_s"] for m in steady), 1
-        ),
-        "response_length": round(statistics.mean(m["response_length"] for m in steady), 2),
+        **report,
         "peak_rss_mb": round(harness.peak_rss_mb(), 1),
         "import_seconds": round(import_s, 3),
-        "setup_seconds": round(total_s - sum(sum(m[k] for k in SPLIT) for m in metrics), 3),
+        "setup_seconds": round(total_s - in_steps, 3),
         "load_avg_1m": round(harness.load_avg_1m(), 2),
         "versions": harness.versions(),
         "machine": harness.machine(),
