@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/sft.py
 	$(BIN)/python bench/rm.py
 	$(BIN)/python bench/dpo.py
+	$(BIN)/python bench/ppo.py
+	$(BIN)/python bench/grpo.py
 
 # TRL in its own venv (never a dependency of rlhfkit): the same torch build, and
 # the transformers / accelerate versions of .venv, so both sides run the same code.
