@@ -632,7 +632,7 @@ class RejectionSamplingConfig(SelfTrainKeys):
     keep: str = "best"  # best | top_fraction | all
     keep_fraction: float = 0.25  # top_fraction: the best ceil(x * K) of each prompt
     min_reward: float | None = None  # also drop kept samples scoring below this
-    round_start: str = "last"  # last: each round fine-tunes the previous round's policy | initial
+    accumulate: bool = False  # each round also trains on the samples kept in earlier rounds
     rm_refresh: str = ""  # module:function run between rounds; returns the new reward model(s)
     rm_refresh_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     ppo: dict[str, Any] | None = None  # PPO keys: finish with PPO from the last policy
@@ -640,7 +640,6 @@ class RejectionSamplingConfig(SelfTrainKeys):
     def validate(self) -> None:
         SelfTrainKeys.validate(self)
         _choice(self, "keep", SELECTION_RULES)
-        _choice(self, "round_start", ("last", "initial"))
         if not 0 < self.keep_fraction <= 1:
             raise ConfigError(f"key 'keep_fraction': expected 0 < x <= 1, got {self.keep_fraction}")
         if self.ppo is not None:
