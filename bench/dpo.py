@@ -80,8 +80,8 @@ def start_child(spec: dict):
 
 
 def prepare_inputs(work: Path, conf: dict) -> dict:
+    from rlhfkit.data.jsonl import write_jsonl
     from rlhfkit.demo.preferences import synthetic_preferences
-    from rlhfkit.demo.quickstart import write_jsonl
     from rlhfkit.demo.task import Task
 
     model_dir = harness.tiny_model(work, conf, H.say)

@@ -92,8 +92,8 @@ def max_levels(task, dimension: str) -> int:
 
 def prepare_inputs(work: Path, conf: dict) -> dict:
     """Build the tiny model (unless already there) and write the preference records."""
+    from rlhfkit.data.jsonl import write_jsonl
     from rlhfkit.demo.preferences import synthetic_preferences
-    from rlhfkit.demo.quickstart import write_jsonl
     from rlhfkit.demo.task import Task
 
     task = Task()

@@ -80,7 +80,7 @@ def start_child(spec: dict):
 
 def prepare_inputs(work: Path, conf: dict) -> dict:
     """Build the tiny model (unless already there) and write the demonstrations."""
-    from rlhfkit.demo.quickstart import write_jsonl
+    from rlhfkit.data.jsonl import write_jsonl
     from rlhfkit.demo.task import Task
 
     model_dir = harness.tiny_model(work, conf, H.say)

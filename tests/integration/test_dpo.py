@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from rlhfkit.cli import app
 from rlhfkit.demo.preferences import synthetic_preferences
-from rlhfkit.demo.quickstart import evaluate_policy
+from rlhfkit.evaluation.evaluate import evaluate_policy
 from rlhfkit.training.tracking import read_metrics
 
 runner = CliRunner()

@@ -7,7 +7,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.config import SFTConfig
-from rlhfkit.demo.quickstart import evaluate_policy
+from rlhfkit.evaluation.evaluate import evaluate_policy
 from rlhfkit.training.stages.sft import run_sft
 from rlhfkit.training.tracking import read_metrics
 
