@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -147,17 +146,6 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_llama, ppo_files, tmp_pa
         assert x["score_mean"] == y["score_mean"] and abs(x["loss"] - y["loss"]) < 1e-5, (x, y)
 
 
-def mixed_prompts(task, split: str, n: int, seed: int):
-    """``n`` prompts of ``split``: 60% arithmetic, 20% harmful, 20% benign (with repeats)."""
-    rng = random.Random(seed)
-    out = []
-    for kind, share in (("arithmetic", 0.6), ("harmful", 0.2), ("benign", 0.2)):
-        pool = task.prompts(split, kind)
-        out += [rng.choice(pool) for _ in range(int(n * share))]
-    rng.shuffle(out)
-    return out
-
-
 def test_ppo_against_trained_rm_beats_sft_on_gold(sft_policy, task, tmp_path: Path):
     """The pipeline of InstructGPT on the built-in task: K=4 samples per prompt from the
     SFT policy, compared by simulated labelers (helpfulness, or safety for harmful
@@ -169,8 +157,8 @@ def test_ppo_against_trained_rm_beats_sft_on_gold(sft_policy, task, tmp_path: Pa
     A flipped advantage or KL sign lowers refusal and gold instead.
     """
     from rlhfkit.config import RMConfig
-    from rlhfkit.demo.onpolicy import labeled_comparisons, sample_responses
-    from rlhfkit.demo.quickstart import evaluate_policy
+    from rlhfkit.demo.onpolicy import labeled_comparisons, mixed_prompts, sample_responses
+    from rlhfkit.evaluation.evaluate import evaluate_policy
     from rlhfkit.training.stages.reward import run_rm
 
     def dump(path: Path, rows) -> Path:

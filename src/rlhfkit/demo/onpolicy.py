@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from rlhfkit.data.types import PreferenceRecord
@@ -33,8 +33,9 @@ def sample_responses(
     max_new_tokens: int = 16,
     seed: int = 0,
     batch_size: int = 128,
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[str]]:
-    """``k`` sampled responses per prompt."""
+    """``k`` sampled responses per prompt (``progress(n)`` after each batch of ``n``)."""
     import torch
 
     from rlhfkit.data.templates import resolve_template
@@ -48,7 +49,9 @@ def sample_responses(
     params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature)
     convs = [_conversation(p.text) for p in prompts for _ in range(k)]
     torch.manual_seed(seed)
-    texts = generate_texts(model, tok, template, convs, params, batch_size=batch_size)
+    texts = generate_texts(
+        model, tok, template, convs, params, batch_size=batch_size, progress=progress
+    )
     return [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
 
 
@@ -85,4 +88,20 @@ def labeled_comparisons(
     if empty:
         log.warning("left out %d empty response(s) from the comparisons", empty)
     random.Random(seed).shuffle(out)
+    return out
+
+
+def mixed_prompts(
+    task: Task, split: str, n: int, seed: int, shares: Mapping[str, float] | None = None
+) -> list[TaskPrompt]:
+    """``n`` prompts of ``split`` drawn with repeats, by default 60% arithmetic, 20%
+    harmful and 20% benign (more safety-relevant prompts than the demonstrations'
+    80/10/10 mix, so the reward models see enough of them), shuffled."""
+    shares = shares or {"arithmetic": 0.6, "harmful": 0.2, "benign": 0.2}
+    rng = random.Random(seed)
+    out: list[TaskPrompt] = []
+    for kind, share in shares.items():
+        pool = task.prompts(split, kind)  # type: ignore[arg-type]
+        out += [rng.choice(pool) for _ in range(int(n * share))]
+    rng.shuffle(out)
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,12 +37,16 @@ def generate_texts(
     params: SamplingParams = SamplingParams(),
     batch_size: int = 64,
     max_prompt_length: int = 512,
+    progress: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Completions (special tokens removed) for each prompt conversation."""
+    """Completions (special tokens removed) for each prompt conversation;
+    ``progress(n)`` is called after each batch of ``n``."""
     from rlhfkit.rollout.generator import Generator
 
     gen = Generator(tokenizer, template, params, max_prompt_length)
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         out.extend(gen.generate(model, prompts[start : start + batch_size]).texts)
+        if progress is not None:
+            progress(min(batch_size, len(prompts) - start))
     return out

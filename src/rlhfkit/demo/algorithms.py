@@ -1,0 +1,119 @@
+"""The alignment algorithms ``rlhfkit demo --algorithms`` can run, by name.
+
+Each is one function ``(AlgorithmInputs) -> policy folder`` that trains a policy from
+what the pipeline's earlier steps made (the SFT model, the comparisons, the two reward
+models, the prompts) into ``inputs.out`` and returns the folder ``from_pretrained``
+loads. Adding an algorithm is one function and one :data:`REGISTRY` entry; the
+pipeline evaluates its policy next to SFT and puts it in the report (reward / KL
+curves too, when its ``metrics.jsonl`` logs ``score_mean`` and ``kl`` per step, as
+online stages do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AlgorithmInputs:
+    """What every algorithm may train from.
+
+    ``preferences``: comparisons on the dimension that matters for each prompt
+    (``*_eval``: held-out prompts', or None); ``helpfulness`` / ``safety``: all
+    comparisons of each dimension; ``reward_models``: (helpfulness, safety) folders,
+    combined by Llama 2's rule (``reward_combine="llama2"``); ``prompts``: training
+    prompt records with ``kind`` / ``answer`` / ``unsafe`` fields; ``eval_prompts``:
+    held-out prompt records (for a stage's own evaluation, never for training).
+    ``quick``: the short demo; ``max_kl``: the bound the demo holds policies to
+    (nats per response).
+    """
+
+    sft: Path
+    preferences: Path
+    preferences_eval: Path | None
+    helpfulness: Path
+    safety: Path
+    reward_models: tuple[Path, Path]
+    prompts: Path
+    eval_prompts: Path
+    out: Path
+    quick: bool
+    max_kl: float
+    seed: int = 0
+
+    def run_kwargs(self) -> dict[str, bool]:
+        """How to start the run in ``out``: :func:`resume_or_overwrite`."""
+        return resume_or_overwrite(self.out)
+
+
+def resume_or_overwrite(folder: Path) -> dict[str, bool]:
+    """``resume`` a training run that left checkpoints in ``folder`` (it was killed),
+    else start it over (``overwrite``)."""
+    ckpt = folder / "checkpoints"
+    resume = ckpt.is_dir() and any(ckpt.iterdir())
+    return {"resume": resume, "overwrite": not resume}
+
+
+Algorithm = Callable[[AlgorithmInputs], Path]
+
+
+def train_ppo(inputs: AlgorithmInputs) -> Path:
+    """PPO against the safety-gated combination of the two reward models (InstructGPT
+    recipe: a KL penalty to the SFT model, a value model initialised from the reward
+    model). Every rollout is logged to ``samples.jsonl`` for the over-optimisation plot."""
+    from rlhfkit.config import PPOConfig
+    from rlhfkit.training.stages.ppo import run_ppo
+
+    cfg = PPOConfig(
+        model=str(inputs.sft), prompts=str(inputs.prompts), out=str(inputs.out),
+        reward_model=[str(p) for p in inputs.reward_models], reward_combine="llama2",
+        max_steps=15 if inputs.quick else 30, rollout_batch_size=64, batch_size=32,
+        ppo_epochs=2, max_new_tokens=12, learning_rate=5e-5, kl_coef=0.1,
+        max_length=64, seed=inputs.seed, sample_every=1, n_samples_logged=64,
+        kl_warn=inputs.max_kl, save_every=5, keep_checkpoints=1,
+    )  # fmt: skip
+    return run_ppo(cfg, **inputs.run_kwargs()).final_dir
+
+
+def train_dpo(inputs: AlgorithmInputs) -> Path:
+    """DPO (sigmoid loss) on the same comparisons the reward models learned from, each
+    prompt judged on the dimension that matters for it, with an SFT term on the chosen
+    responses."""
+    from rlhfkit.config import DPOConfig
+    from rlhfkit.training.stages.dpo import run_dpo
+
+    extra: dict[str, Any] = {}
+    if inputs.preferences_eval is not None:
+        extra["eval_data"] = str(inputs.preferences_eval)
+    cfg = DPOConfig(
+        model=str(inputs.sft), data=str(inputs.preferences), out=str(inputs.out),
+        loss="sigmoid", beta=0.5, sft_weight=1.0, learning_rate=1e-4, batch_size=32,
+        max_steps=40 if inputs.quick else 80, max_length=64, seed=inputs.seed,
+        log_every=10, eval_every=20, save_every=20, keep_checkpoints=1, **extra,
+    )  # fmt: skip
+    return run_dpo(cfg, **inputs.run_kwargs()).final_dir
+
+
+REGISTRY: dict[str, Algorithm] = {
+    "ppo": train_ppo,
+    "dpo": train_dpo,
+}
+
+
+def parse_algorithms(spec: str) -> list[str]:
+    """``"ppo,dpo"`` -> ``["ppo", "dpo"]``; unknown names fail, listing the known ones."""
+    names = [n.strip().lower() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"--algorithms: expected names from {', '.join(REGISTRY)}, got nothing")
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ConfigError(
+            f"--algorithms: unknown {', '.join(repr(n) for n in unknown)}; "
+            f"known: {', '.join(REGISTRY)}"
+        )
+    return list(dict.fromkeys(names))
