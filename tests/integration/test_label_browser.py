@@ -7,20 +7,18 @@ violation or script error happened on the way. Writes the README screenshot when
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from label_support import Server, people_in, unavailable
+from label_support import Server, chromium, people_in
 from rlhfkit.data.types import Message
 from rlhfkit.feedback.export import export_labels
 from rlhfkit.feedback.store import CandidateSet, Store, add_guidelines, import_candidates
 from rlhfkit.feedback.store.reading import iter_labeled_tasks
 from rlhfkit.feedback.store.schema import Judgment, Retraction
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOT = Path(__file__).parents[2] / "docs" / "img" / "labeling-pairwise.png"
 DRAG_LAST_TO_TOP = """
 const items = document.querySelectorAll(".rank-item");
@@ -39,27 +37,7 @@ GUIDE = """# How to judge
 
 @pytest.fixture
 def browser(tmp_path):
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        unavailable(
-            f"no browser: {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download anything
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--window-size=1200,1000", f"--user-data-dir={tmp_path / 'profile'}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    yield from chromium(tmp_path)
 
 
 @pytest.fixture
