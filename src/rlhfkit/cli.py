@@ -93,6 +93,12 @@ TRAINING_STAGES = {
     "ppo": ("PPOConfig", "rlhfkit.training.stages.ppo:run_ppo"),
     "grpo": ("GRPOConfig", "rlhfkit.training.stages.grpo:run_grpo"),
     "rloo": ("GRPOConfig", "rlhfkit.training.stages.grpo:run_rloo"),
+    "rejection-sampling": (
+        "RejectionSamplingConfig",
+        "rlhfkit.training.stages.rejection:run_rejection_sampling",
+    ),
+    "rest": ("ReSTConfig", "rlhfkit.training.stages.rest:run_rest"),
+    "hir": ("HIRConfig", "rlhfkit.training.stages.hir:run_hir"),
 }
 
 
@@ -239,6 +245,60 @@ app.command("rloo")(
         "rloo", "RLOO: GRPO's machinery with the leave-one-out baseline (k samples per prompt)."
     )
 )
+app.command("rejection-sampling")(
+    _online_command(
+        "rejection-sampling",
+        "Rejection sampling (Llama 2): K samples per prompt, SFT on the best by reward, over "
+        "--set rounds=N; optional reward-model refresh and a finishing PPO (docs/selftrain.md).",
+    )
+)
+app.command("rest")(
+    _online_command(
+        "rest",
+        "ReST: Grow (sample a dataset) then Improve steps (SFT on samples above a rising "
+        "reward threshold, --set thresholds=...) (docs/selftrain.md).",
+    )
+)
+app.command("hir")(
+    _online_command(
+        "hir",
+        "HIR: sample, relabel each prompt to fit its response (--set relabel_fn=...), SFT on "
+        "the relabeled pairs, optional contrastive term (docs/selftrain.md).",
+    )
+)
+
+
+@app.command("best-of-n")
+def best_of_n(
+    model: ModelOpt = None,
+    reward_model: RewardModelOpt = None,
+    reward_fn: RewardFnOpt = None,
+    prompts: PromptsOpt = None,
+    out: Annotated[
+        str | None, typer.Option(help="Output JSONL: the best response per prompt.")
+    ] = None,
+    n: Annotated[int | None, typer.Option("-n", help="Samples per prompt (K).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    skip_invalid: SkipOpt = None,
+) -> None:
+    """Inference-time best-of-K: K samples per prompt, keep the one the reward scores highest."""
+
+    def go() -> None:
+        from rlhfkit.config import BestOfNConfig, build_config
+        from rlhfkit.rollout.best_of_n import run_best_of_n
+
+        cli = {
+            "model": model, "reward_model": reward_model or None, "reward_fn": reward_fn or None,
+            "prompts": prompts, "out": out, "samples_per_prompt": n, "skip_invalid": skip_invalid,
+        }  # fmt: skip
+        s = run_best_of_n(build_config(BestOfNConfig, config, cli, set_))
+        typer.echo(
+            f"best-of-{s.k} on {s.prompts} prompts in {s.seconds:.1f}s: mean reward of the best "
+            f"{s.best_mean:.4f}, of one sample {s.sample_mean:.4f}; written to {s.out}"
+        )
+
+    _run(go)
 
 
 @app.command()

@@ -195,11 +195,3 @@ def sft_rows(candidates: Candidates, kept: Sequence[Sequence[int]]) -> list[dict
                 row["score"] = scores[i][j]
             rows.append(row)
     return rows
-
-
-def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return path
