@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app
-from rlhfkit.demo.quickstart import evaluate_policy
+from rlhfkit.evaluation.evaluate import evaluate_policy
 from rlhfkit.training.tracking import read_metrics
 
 runner = CliRunner()
