@@ -88,11 +88,15 @@ class Workload:
     the stage-specific settings of each side (rlhfkit config keys; TRL config keys)."""
 
     name: str
-    data: str  # "sft" or "preference"
+    data: str  # "sft", "preference" or "prompts" (online: GRPO / RLOO)
     learning_rate: float
-    rlhfkit_stage: str  # "sft" | "rm" | "dpo"
+    rlhfkit_stage: str  # "sft" | "rm" | "dpo" | "grpo"
     rlhfkit: dict
     trl: dict
+
+    @property
+    def online(self) -> bool:
+        return self.data == "prompts"
 
 
 WORKLOADS = {
@@ -116,6 +120,29 @@ WORKLOADS = {
             {"loss": "sigmoid", "beta": 0.1, "precompute_ref": True},
             {"loss_type": ["sigmoid"], "beta": 0.1, "precompute_ref_log_probs": True},
         ),
+        # Online: the same prompts per step, G, generation length, temperature, lr, beta
+        # and loss on both sides; samples differ (each side draws its own), so the
+        # loss curves are not compared, the mean reward is reported instead.
+        Workload(
+            "grpo",
+            "prompts",
+            1e-5,
+            "grpo",
+            {"loss_type": "grpo", "scale_rewards": "group", "beta": 0.04},
+            {"loss_type": "grpo", "scale_rewards": "group", "beta": 0.04},
+        ),
+        # TRL's RLOO loss is per sequence (ratio of sequence probabilities, KL folded
+        # into the reward); rlhfkit's per token. At beta 0 and one update per rollout
+        # their gradients are proportional with loss_type dr_grpo: (1/B) sum_i A_i
+        # sum_t grad log p (TRL) vs the same / max_new_tokens (rlhfkit). Same work.
+        Workload(
+            "rloo",
+            "prompts",
+            1e-5,
+            "grpo",
+            {"advantage_estimator": "rloo", "loss_type": "dr_grpo", "beta": 0.0},
+            {"beta": 0.0, "normalize_advantages": False},
+        ),
     )
 }
 
@@ -124,7 +151,11 @@ RLHFKIT_STAGES = {
     "sft": ("SFTConfig", "rlhfkit.training.stages.sft", "run_sft"),
     "rm": ("RMConfig", "rlhfkit.training.stages.reward", "run_rm"),
     "dpo": ("DPOConfig", "rlhfkit.training.stages.dpo", "run_dpo"),
+    "grpo": ("GRPOConfig", "rlhfkit.training.stages.grpo", "run_grpo"),
 }
+
+# Online workloads (GRPO, RLOO): prompts per step, samples per prompt, generated tokens.
+ONLINE = {"prompts_per_step": 8, "num_generations": 8, "max_new_tokens": 24, "temperature": 1.0}
 
 
 # ---- parent: inputs ---------------------------------------------------------------
@@ -160,7 +191,21 @@ def write_data(work: Path) -> dict[str, dict[str, str]]:
         return [{"role": "assistant", "content": text}]
 
     d = work / "data"
+    # The arithmetic prompts in rlhfkit's prompt order (PromptSchedule: randperm seeded
+    # with seed * 100003 + epoch); TRL reads them in that order (shuffle_dataset off).
+    arith = [
+        {"prompt": r.prompt[0].content, **r.extra}
+        for r in task.prompt_records("train", "arithmetic")
+    ]
+    arith = [arith[i] for i in rlhfkit_order(len(arith), SEED)]
     return {
+        "prompts": {
+            "rlhfkit": write_jsonl(d / "prompts.jsonl", arith),
+            "trl": write_jsonl(
+                d / "prompts-trl.jsonl",
+                [{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} for r in arith],
+            ),
+        },
         "sft": {
             "rlhfkit": write_jsonl(d / "sft.jsonl", [{"messages": m} for m in demos]),
             "trl": write_jsonl(
@@ -197,29 +242,62 @@ def rlhfkit_child(spec: dict, clock: harness.StepClock) -> None:
 
     run = getattr(importlib.import_module(module), runner)
     clock.mark_imported()
-    cfg = getattr(config_mod, cls_name)(
-        model=spec["model"],
-        data=spec["data"],
-        out=spec["out"],
-        max_steps=spec["steps"],
-        batch_size=spec["batch_size"],
-        max_length=MAX_LENGTH,
-        learning_rate=spec["learning_rate"],
-        seed=SEED,
-        log_every=spec["steps"],
-        eval_fraction=0.0,
-        **spec["rlhfkit"],
-    )
+    common = {
+        "model": spec["model"],
+        "out": spec["out"],
+        "max_steps": spec["steps"],
+        "learning_rate": spec["learning_rate"],
+        "seed": SEED,
+        "log_every": spec["steps"],
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "warmup_steps": 0,
+    }
+    if spec["online"]:
+        from rlhfkit.training.online import OnlineRun as run_cls
+
+        o = spec["online_conf"]
+        rows = o["prompts_per_step"] * o["num_generations"]
+        cfg = config_mod.GRPOConfig(
+            **common,
+            prompts=spec["data"],
+            reward_fn=["rlhfkit.rewards:exact_answer"],
+            rollout_batch_size=o["prompts_per_step"],
+            num_generations=o["num_generations"],
+            batch_size=rows,  # one optimizer step per rollout, as TRL's
+            max_new_tokens=o["max_new_tokens"],
+            temperature=o["temperature"],
+            scheduler="linear",
+            sample_every=10**9,
+            **spec["rlhfkit"],
+        )
+
+        def measure(stats: dict) -> tuple[float, float]:  # generated tokens, mean reward
+            return stats["response_length"] * rows, stats["score_mean"]
+    else:
+        run_cls = Trainer
+        cfg = getattr(config_mod, cls_name)(
+            **common,
+            data=spec["data"],
+            batch_size=spec["batch_size"],
+            max_length=MAX_LENGTH,
+            eval_fraction=0.0,
+            **spec["rlhfkit"],
+        )
+
+        def measure(stats: dict) -> tuple[float, float]:
+            return stats["tokens"], stats["loss"]
+
     cfg.validate()
-    step = Trainer.train_step
+    step = run_cls.train_step
 
     def timed_step(self: Any) -> dict:
         clock.step_begin()
         stats = step(self)
-        clock.step_end(stats["tokens"], stats["loss"])
+        clock.step_end(*measure(stats))
         return stats
 
-    Trainer.train_step = timed_step  # type: ignore[method-assign]
+    run_cls.train_step = timed_step  # type: ignore[method-assign]
     run(cfg, overwrite=True)
 
 
@@ -256,9 +334,12 @@ def trl_child(spec: dict, clock: harness.StepClock) -> None:
         "logging_steps": spec["steps"],
         "disable_tqdm": True,
         "use_cpu": True,
-        "max_length": MAX_LENGTH,
+        **({} if spec["online"] else {"max_length": MAX_LENGTH}),
         **spec["trl"],
     }
+    if spec["online"]:
+        trl_online(spec, clock, dataset, tokenizer, common)
+        return
     if stage == "rm":
         transformers.set_seed(SEED)  # as rlhfkit seeds before loading: equal new heads
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
@@ -312,6 +393,92 @@ def trl_child(spec: dict, clock: harness.StepClock) -> None:
     trainer.train()
 
 
+# rlhfkit.rewards:exact_answer, restated for TRL's reward-function signature (TRL's venv
+# has no rlhfkit): 1 when the last number of the completion equals the record's answer.
+_NUMBER = r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?"
+
+
+def _parse_number(text: Any) -> Any:
+    import math
+    from fractions import Fraction
+
+    if text is None:
+        return None
+    if isinstance(text, int) and not isinstance(text, bool):
+        return Fraction(text)
+    if isinstance(text, float):
+        return Fraction(repr(text)) if math.isfinite(text) else None
+    try:
+        return Fraction(str(text).strip().replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def exact_answer_trl(completions: list, answer: list | None = None, **_: Any) -> list[float]:
+    import re
+
+    out = []
+    for c, want in zip(completions, answer or [None] * len(completions), strict=True):
+        text = c[-1]["content"] if isinstance(c, list) else c
+        target = _parse_number(want)
+        found = re.findall(_NUMBER, text) if target is not None else []
+        got = _parse_number(found[-1]) if found else None
+        out.append(1.0 if got is not None and got == target else 0.0)
+    return out
+
+
+def trl_online(spec: dict, clock: harness.StepClock, dataset: Any, tokenizer: Any, common: dict):
+    """TRL's GRPOTrainer (or RLOOTrainer) configured like ``run_grpo`` (see the module doc)."""
+    import transformers
+    import trl
+
+    o = spec["online_conf"]
+    rows = o["prompts_per_step"] * o["num_generations"]
+    args = {
+        **common,
+        "per_device_train_batch_size": rows,  # completions per optimizer step
+        "gradient_accumulation_steps": 1,
+        "num_generations": o["num_generations"],
+        "max_completion_length": o["max_new_tokens"],
+        "temperature": o["temperature"],
+        "top_p": 1.0,
+        "top_k": 0,
+        "num_iterations": 1,
+        "epsilon": 0.2,
+        "shuffle_dataset": False,  # the data file is already in rlhfkit's prompt order
+        "lr_scheduler_type": "linear",
+        "log_completions": False,
+    }
+    rloo = spec["name"] == "rloo"
+    config = (trl.RLOOConfig if rloo else trl.GRPOConfig)(**args)
+    step_tokens: list[float] = []  # generated tokens (EOS included) and mean reward per step
+    step_reward: list[float] = []
+
+    def exact_answer(completions: list, completion_ids: list, **kw: Any) -> list[float]:
+        scores = exact_answer_trl(completions, **kw)
+        step_tokens.append(float(sum(len(ids) for ids in completion_ids)))
+        step_reward.append(sum(scores) / len(scores))
+        return scores
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            clock.step_begin()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            clock.step_end(step_tokens[-1], step_reward[-1])
+
+    trainer_cls = trl.RLOOTrainer if rloo else trl.GRPOTrainer
+    trainer = trainer_cls(
+        model=spec["model"],
+        reward_funcs=exact_answer,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+    )
+    trainer.train()
+
+
 def rlhfkit_order(n: int, seed: int, epoch: int = 0) -> list[int]:
     """The data order of ``rlhfkit.training.loop.EpochSampler(n, seed)`` in ``epoch``
     (restated here: TRL's venv has no rlhfkit)."""
@@ -353,9 +520,19 @@ def side_versions(python: str) -> dict:
     return json.loads(out.stdout)
 
 
-def compare(side_runs: dict[str, list[dict]]) -> dict:
-    """Both sides' summaries, the rlhfkit / TRL ratios and the loss-curve agreement."""
+def compare(side_runs: dict[str, list[dict]], online: bool = False) -> dict:
+    """Both sides' summaries, the rlhfkit / TRL ratios and the loss-curve agreement.
+
+    Online workloads: each side samples its own responses, so there is no loss curve
+    to compare; the clock's "loss" is the step's mean reward, reported as
+    ``mean_reward`` (over every step of every run) instead of ``final_loss``, and
+    ``tokens_per_s`` counts generated tokens (EOS included)."""
     ours, theirs = (harness.summarize_side(side_runs[s]) for s in ("rlhfkit", "trl"))
+    if online:
+        for summary, side in ((ours, "rlhfkit"), (theirs, "trl")):
+            rewards = [x for r in side_runs[side] for x in r["losses"]]
+            del summary["final_loss"]
+            summary["mean_reward"] = round(sum(rewards) / len(rewards), 4)
     keys = (
         "tokens_per_s",
         "peak_rss_mb",
@@ -368,14 +545,15 @@ def compare(side_runs: dict[str, list[dict]]) -> dict:
         "seconds_per_step": ours["seconds_per_step"]["median"]
         / theirs["seconds_per_step"]["median"]
     }
-    ratio.update({k: ours[k] / theirs[k] for k in keys if theirs[k]})
+    ratio.update({k: ours[k] / theirs[k] for k in keys if theirs.get(k)})
     a, b = side_runs["rlhfkit"][0]["losses"], side_runs["trl"][0]["losses"]
+    diff = None if online else round(max(abs(x - y) for x, y in zip(a, b, strict=True)), 6)
     return {
         "rlhfkit": ours,
         "trl": theirs,
         "ratio": {k: round(v, 3) for k, v in ratio.items()},
         "throughput_x": round(1.0 / ratio["seconds_per_step"], 3),
-        "loss_curve_max_abs_diff": round(max(abs(x - y) for x, y in zip(a, b, strict=True)), 6),
+        "loss_curve_max_abs_diff": diff,
     }
 
 
@@ -407,6 +585,9 @@ def bench(args: argparse.Namespace) -> dict:
                     loads.append(harness.load_avg_1m())
                     H.say(f"{label} (load {loads[-1]:.2f})")
                     spec = {
+                        "name": name,
+                        "online": w.online,
+                        "online_conf": ONLINE,
                         "side": side,
                         "rlhfkit_stage": w.rlhfkit_stage,
                         "rlhfkit": w.rlhfkit,
@@ -414,8 +595,8 @@ def bench(args: argparse.Namespace) -> dict:
                         "model": str(model),
                         "data": data[w.data][side],
                         "out": str(work / "runs" / f"{name}-{side}-{r}"),
-                        "steps": args.steps,
-                        "warmup": args.warmup,
+                        "steps": args.online_steps if w.online else args.steps,
+                        "warmup": args.online_warmup if w.online else args.warmup,
                         "batch_size": args.batch_size,
                         "learning_rate": w.learning_rate,
                     }
@@ -425,7 +606,7 @@ def bench(args: argparse.Namespace) -> dict:
                     runs[name][side].append(harness.run_json_child(cmd, result, label, env))
         threads = runs[names[0]]["rlhfkit"][0]["torch_threads"]
     return {
-        "workloads": {n: compare(runs[n]) for n in names},
+        "workloads": {n: compare(runs[n], WORKLOADS[n].online) for n in names},
         "config": {
             "steps": args.steps,
             "warmup_steps_left_out": args.warmup,
@@ -434,6 +615,11 @@ def bench(args: argparse.Namespace) -> dict:
             "max_length": MAX_LENGTH,
             "records": N_RECORDS,
             "learning_rate": {n: WORKLOADS[n].learning_rate for n in names},
+            "online": {
+                **ONLINE,
+                "steps": args.online_steps,
+                "warmup_steps_left_out": args.online_warmup,
+            },
             "precision": "fp32",
             "torch_threads": threads,
         },
@@ -455,6 +641,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per run (40)")
     p.add_argument("--warmup", type=int, default=5, help="first steps left out of timing (5)")
     p.add_argument("--batch-size", type=int, default=32, help="examples or pairs per step (32)")
+    p.add_argument(
+        "--online-steps", type=int, default=12, help="steps of the GRPO / RLOO runs (12)"
+    )
+    p.add_argument(
+        "--online-warmup", type=int, default=2, help="first online steps left out of timing (2)"
+    )
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     p.add_argument(
         "--threads",
@@ -473,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--steps x --batch-size must fit one epoch ({N_RECORDS} records)")
     if not 0 < args.warmup < args.steps - 1 or args.repeats < 1:
         p.error("need 0 < --warmup < --steps - 1 and --repeats >= 1")
+    if not 0 < args.online_warmup < args.online_steps - 1:
+        p.error("need 0 < --online-warmup < --online-steps - 1")
     return H.report(args, bench)
 
 
