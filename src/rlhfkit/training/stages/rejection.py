@@ -11,6 +11,7 @@ with PPO from the last policy (``ppo``: RLHF-V5). Defaults: docs/selftrain.md.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -51,7 +52,9 @@ def run_rejection_sampling(
         more = r < cfg.rounds or cfg.ppo is not None
         if cfg.rm_refresh and more and "refreshed_reward_models" not in summary:
             summary["refreshed_reward_models"] = refresh(run, r, name, reward_models)
-            (run.out / name / "summary.json").write_text(_json(summary), encoding="utf-8")
+            (run.out / name / "summary.json").write_text(
+                json.dumps(summary, indent=2), encoding="utf-8"
+            )
         reward_models = summary.get("refreshed_reward_models", reward_models)
     final, metrics = run.policy, dict(_last_metrics(run))
     if cfg.ppo is not None:
@@ -159,18 +162,22 @@ def finish_with_ppo(run: SelfTrainRun, reward_models: list[str]) -> TrainResult:
         ppo_cfg.validate()
     except ConfigError as e:
         raise ConfigError(f"key 'ppo': {e}") from e
+    done = run.out / "ppo" / "summary.json"
+    if run.resume and done.is_file():
+        log.info("rejection-sampling: the finishing PPO run is already complete, skipped")
+        return TrainResult(
+            **{**json.loads(done.read_text("utf-8")), "final_dir": Path(ppo_cfg.out) / "final"}
+        )
     log.info("finishing with PPO from %s", run.policy)
     resume = run.resume and (run.out / "ppo" / "checkpoints").is_dir()
-    return run_ppo(ppo_cfg, resume=resume, overwrite=not resume)
+    result = run_ppo(ppo_cfg, resume=resume, overwrite=not resume)
+    summary = {"steps": result.steps, "train_loss": result.train_loss, "eval": result.eval,
+               "seconds": result.seconds}  # fmt: skip
+    done.write_text(json.dumps(summary), encoding="utf-8")
+    return result
 
 
 def _last_metrics(run: SelfTrainRun) -> dict[str, float]:
     last = run.history[-1] if run.history else {}
     keys = ("reward_mean", "reward_best_mean", "kept_reward_mean")
     return {k: float(last[k]) for k in keys if k in last}
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, indent=2)
