@@ -23,6 +23,7 @@ from rlhfkit.errors import ConfigError
 class AlgorithmInputs:
     """What every algorithm may train from.
 
+    ``sft``: the SFT policy folder; ``sft_data``: the demonstrations it learned from;
     ``preferences``: comparisons on the dimension that matters for each prompt
     (``*_eval``: held-out prompts', or None); ``helpfulness`` / ``safety``: all
     comparisons of each dimension; ``reward_models``: (helpfulness, safety) folders,
@@ -34,6 +35,7 @@ class AlgorithmInputs:
     """
 
     sft: Path
+    sft_data: Path
     preferences: Path
     preferences_eval: Path | None
     helpfulness: Path
@@ -63,9 +65,11 @@ Algorithm = Callable[[AlgorithmInputs], Path]
 
 
 def train_ppo(inputs: AlgorithmInputs) -> Path:
-    """PPO against the safety-gated combination of the two reward models (InstructGPT
-    recipe: a KL penalty to the SFT model, a value model initialised from the reward
-    model). Every rollout is logged to ``samples.jsonl`` for the over-optimisation plot."""
+    """PPO-ptx against the safety-gated combination of the two reward models (InstructGPT:
+    a KL penalty to the SFT model, a value model initialised from the reward model, and
+    the SFT loss on the demonstrations mixed into every update, which keeps the
+    arithmetic the reward models cannot check). Every rollout is logged to
+    ``samples.jsonl`` for the over-optimisation plot."""
     from rlhfkit.config import PPOConfig
     from rlhfkit.training.stages.ppo import run_ppo
 
@@ -74,8 +78,9 @@ def train_ppo(inputs: AlgorithmInputs) -> Path:
         reward_model=[str(p) for p in inputs.reward_models], reward_combine="llama2",
         max_steps=15 if inputs.quick else 30, rollout_batch_size=64, batch_size=32,
         ppo_epochs=2, max_new_tokens=12, learning_rate=5e-5, kl_coef=0.1,
-        max_length=64, seed=inputs.seed, sample_every=1, n_samples_logged=64,
-        kl_warn=inputs.max_kl, save_every=5, keep_checkpoints=1,
+        ptx_data=str(inputs.sft_data), ptx_coef=1.0, max_length=64, seed=inputs.seed,
+        sample_every=1, n_samples_logged=64, kl_warn=inputs.max_kl, save_every=5,
+        keep_checkpoints=1,
     )  # fmt: skip
     return run_ppo(cfg, **inputs.run_kwargs()).final_dir
 

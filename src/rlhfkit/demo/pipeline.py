@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import shutil
@@ -74,6 +75,14 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def source_digest(fn: Callable[..., Any]) -> str:
+    """The step's code is part of its signature: editing a recipe reruns the step."""
+    try:
+        return digest(inspect.getsource(fn))
+    except (OSError, TypeError):  # no source (an interactive session): rely on params
+        return ""
+
+
 def file_digest(paths: Sequence[Path | None]) -> str:
     h = hashlib.sha256()
     for p in paths:
@@ -108,8 +117,9 @@ class Pipeline:
         self.index += 1
         folder = self.out / name
         signature = digest(
-            {"step": name, "params": params, "deps": [self.digests[d] for d in deps]}
-        )
+            {"step": name, "params": params, "code": source_digest(fn),
+             "deps": [self.digests[d] for d in deps]}
+        )  # fmt: skip
         marker = folder / MARKER
         head = f"[bold cyan][{self.index}/{self.n_steps}][/] {name}"
         if marker.exists() and not always:
@@ -129,6 +139,7 @@ class Pipeline:
         folder.mkdir(parents=True, exist_ok=True)
         wall, cpu = time.perf_counter(), time.process_time()
         info = fn(folder) or {}
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # only a killed step needs them
         timing = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
         out_digest = digest([signature, output_digest(folder)]) if output_digest else signature
         done = {"step": name, "signature": signature, "digest": out_digest, "timing": timing,
@@ -204,114 +215,147 @@ def _run_demo(out: Path, quick: bool, algorithms: str, labels: str, console: Any
     from rich.console import Console
 
     names = parse_algorithms(algorithms)
-    kind = source_kind(labels)
-    console = console or Console()
+    source_kind(labels)  # a missing --labels file fails before anything runs
     quiet_libraries()
-    settings = QUICK if quick else FULL
     out.mkdir(parents=True, exist_ok=True)
-    task = Task()
-    s = settings
-    pipe = Pipeline(out, console)
-    pipe.n_steps = 6 + len(names) + (1 + len(names))
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    console.print(
-        f"[bold]rlhfkit demo[/] ({s.name}): SFT -> comparisons ({labels}) -> reward models -> "
-        f"{', '.join(names)} -> evaluation, in {out}"
+    demo = Demo(out, QUICK if quick else FULL, console or Console())
+    wall, cpu = time.perf_counter(), time.process_time()
+    demo.pipe.n_steps = 6 + len(names) + (1 + len(names))
+    demo.console.print(
+        f"[bold]rlhfkit demo[/] ({demo.s.name}): SFT -> comparisons ({labels}) -> reward "
+        f"models -> {', '.join(names)} -> evaluation, in {out}"
     )
+    demo.model_and_data()
+    counts = demo.comparisons(labels)
+    demo.reward_models()
+    policies = {"sft": demo.sft_dir, **{name: demo.algorithm(name) for name in names}}
+    results = evaluate_all(demo.pipe, policies, out, demo.task, demo.s, demo.console)
 
-    # 1-3: model, data, SFT ------------------------------------------------------------
-    def tiny(folder: Path) -> dict:
-        from rlhfkit.models.tiny import TinySpec, build_tiny
+    from rlhfkit.demo.report import print_summary, write_report
 
-        build_tiny(
-            folder, TinySpec(arch="llama", vocab_size=512, hidden=128, layers=4), task.corpus()
-        )
-        return {}
+    summary = {
+        "settings": dataclasses.asdict(demo.s),
+        "labels": labels,
+        "algorithms": names,
+        "comparisons": counts,
+        "results": {k: v.to_dict() for k, v in results.items()},
+        "timings": demo.pipe.timings,
+        "wall_s": time.perf_counter() - wall,
+        "cpu_s": time.process_time() - cpu,
+    }
+    report = write_report(out, summary, demo.task)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    print_summary(demo.console, summary)
+    demo.console.print(f"report: {report}")
+    return summary
 
-    pipe.step("tiny", {"arch": "llama", "hidden": 128, "layers": 4}, [], tiny)
 
-    held = eval_prompts(task, s.eval_arithmetic, s.seed)
+class Demo:
+    """The demo's steps on one run folder; each method runs (or reuses) its steps."""
 
-    def data(folder: Path) -> dict:
+    def __init__(self, out: Path, settings: DemoSettings, console: Any) -> None:
+        self.out, self.s, self.console = out, settings, console
+        self.task = Task()
+        self.pipe = Pipeline(out, console)
+        self.sft_dir = out / "sft" / "final"
+        self.rm_dirs = (out / "rm-helpfulness" / "final", out / "rm-safety" / "final")
+        self.files: LabelFiles | None = None
+
+    # 1-3: model, data, SFT
+    def model_and_data(self) -> None:
+        s, task, out = self.s, self.task, self.out
+        spec = {"arch": "llama", "vocab_size": 512, "hidden": 128, "layers": 4}
+
+        def tiny(folder: Path) -> None:
+            from rlhfkit.models.tiny import TinySpec, build_tiny
+
+            build_tiny(folder, TinySpec(**spec), task.corpus())  # type: ignore[arg-type]
+
+        def data(folder: Path) -> dict:
+            from rlhfkit.demo.onpolicy import mixed_prompts
+
+            demos = task.demonstrations(s.n_demos, seed=s.seed)
+            rows = [{"messages": [m.as_dict() for m in r.messages]} for r in demos]
+            write_jsonl(folder / "sft.jsonl", rows)
+            train = mixed_prompts(task, "train", s.ppo_prompts, s.seed + 2)
+            write_jsonl(folder / "prompts.jsonl", prompt_rows(task, train))
+            held = eval_prompts(task, s.eval_arithmetic, s.seed)
+            write_jsonl(folder / "heldout.jsonl", prompt_rows(task, held, reference=True))
+            return {"demonstrations": len(demos), "prompts": len(train), "heldout": len(held)}
+
+        def sft(folder: Path) -> dict:
+            from rlhfkit.config import SFTConfig
+            from rlhfkit.training.stages.sft import run_sft
+
+            cfg = SFTConfig(
+                model=str(out / "tiny"), data=str(out / "data" / "sft.jsonl"), out=str(folder),
+                learning_rate=2e-3, batch_size=64, max_steps=s.sft_steps, warmup_steps=30,
+                log_every=25, eval_every=150, max_length=64, seed=s.seed, save_every=100,
+                keep_checkpoints=1,
+            )  # fmt: skip
+            return {"eval": run_sft(cfg, **resume_or_overwrite(folder)).eval}
+
+        self.pipe.step("tiny", spec, [], tiny)
+        data_params = [s.n_demos, s.ppo_prompts, s.eval_arithmetic, s.seed]
+        self.pipe.step("data", {"sizes": data_params}, [], data)
+        self.pipe.step("sft", {"steps": s.sft_steps}, ["tiny", "data"], sft)
+
+    # 4: comparisons
+    def comparisons(self, labels: str) -> dict[str, int]:
         from rlhfkit.demo.onpolicy import mixed_prompts
 
-        demos = task.demonstrations(s.n_demos, seed=s.seed)
-        write_jsonl(
-            folder / "sft.jsonl", [{"messages": [m.as_dict() for m in r.messages]} for r in demos]
-        )
-        train = mixed_prompts(task, "train", s.ppo_prompts, s.seed + 2)
-        write_jsonl(folder / "prompts.jsonl", prompt_rows(task, train))
-        write_jsonl(folder / "heldout.jsonl", prompt_rows(task, held, reference=True))
-        return {"demonstrations": len(demos), "prompts": len(train), "heldout": len(held)}
+        s, task, console, sft_dir = self.s, self.task, self.console, self.sft_dir
+        prompts = mixed_prompts(task, "train", s.label_prompts, s.seed)
+        held = mixed_prompts(task, "heldout", s.label_eval_prompts, s.seed + 1)
 
-    data_params = {
-        "n_demos": s.n_demos,
-        "ppo_prompts": s.ppo_prompts,
-        "eval": s.eval_arithmetic,
-        "seed": s.seed,
-    }
-    pipe.step("data", data_params, [], data)
-
-    def sft(folder: Path) -> dict:
-        from rlhfkit.config import SFTConfig
-        from rlhfkit.training.stages.sft import run_sft
-
-        cfg = SFTConfig(
-            model=str(out / "tiny"), data=str(out / "data" / "sft.jsonl"), out=str(folder),
-            learning_rate=2e-3, batch_size=64, max_steps=s.sft_steps, warmup_steps=30,
-            log_every=25, eval_every=150, max_length=64, seed=s.seed, save_every=100,
-            keep_checkpoints=1,
-        )  # fmt: skip
-        result = run_sft(cfg, **resume_or_overwrite(folder))
-        return {"eval": result.eval}
-
-    pipe.step("sft", {"steps": s.sft_steps}, ["tiny", "data"], sft)
-    sft_dir = out / "sft" / "final"
-
-    # 4: comparisons ---------------------------------------------------------------------
-    from rlhfkit.demo.onpolicy import mixed_prompts
-
-    label_prompts = mixed_prompts(task, "train", s.label_prompts, s.seed)
-    label_held = mixed_prompts(task, "heldout", s.label_eval_prompts, s.seed + 1)
-
-    def comparisons(folder: Path) -> dict:
-        from rlhfkit.demo.labels import collect
-
-        def sample(prompts: Sequence[TaskPrompt]) -> list[list[str]]:
+        def sample(batch: Sequence[TaskPrompt]) -> list[list[str]]:
             from rlhfkit.demo.onpolicy import sample_responses
 
-            with bar(
-                console, f"sampling {s.k} responses per prompt", len(prompts) * s.k
-            ) as advance:
-                return sample_responses(sft_dir, prompts, k=s.k, seed=s.seed,
+            what = f"sampling {s.k} responses per prompt"
+            with bar(console, what, len(batch) * s.k) as advance:
+                return sample_responses(sft_dir, batch, k=s.k, seed=s.seed,
                                         max_new_tokens=s.max_new_tokens, progress=advance)  # fmt: skip
 
-        files, counts = collect(labels, task, sample, label_prompts, label_held, folder, s.seed)
-        console.print(f"    comparisons: {counts}")
-        return {"counts": counts, "files": dataclasses.asdict(files)}
+        def compare(folder: Path) -> dict:
+            from rlhfkit.demo.labels import collect
 
-    label_params = {"labels": labels, "n": s.label_prompts, "held": s.label_eval_prompts, "k": s.k}
-    if kind == "file":
-        label_params["file"] = file_digest([Path(labels)])
-    label_info = pipe.step(
-        "labels", label_params, ["sft"], comparisons, always=kind == "db",
-        output_digest=lambda f: file_digest(sorted(f.glob("*.jsonl"))),
-    )  # fmt: skip
-    files = LabelFiles(**{k: Path(v) if v else None for k, v in label_info["files"].items()})
+            files, counts = collect(labels, task, sample, prompts, held, folder, s.seed)
+            console.print(f"    comparisons: {counts}")
+            return {"counts": counts, "files": dataclasses.asdict(files)}
 
-    # 5: reward models -------------------------------------------------------------------
-    def reward_model(dimension: str) -> Callable[[Path], dict]:
+        kind = source_kind(labels)
+        params: dict[str, Any] = {
+            "labels": labels,
+            "n": [s.label_prompts, s.label_eval_prompts, s.k],
+        }
+        if kind == "file":
+            params["file"] = file_digest([Path(labels)])
+        info = self.pipe.step(
+            "labels", params, ["sft"], compare, always=kind == "db",
+            output_digest=lambda f: file_digest(sorted(f.glob("*.jsonl"))),
+        )  # fmt: skip
+        self.files = LabelFiles(**{k: Path(v) if v else None for k, v in info["files"].items()})
+        return info["counts"]
+
+    # 5: reward models
+    def reward_models(self) -> None:
+        for dim in ("helpfulness", "safety"):
+            self.pipe.step(f"rm-{dim}", {"epochs": self.s.rm_epochs}, ["labels"], self._rm(dim))
+
+    def _rm(self, dimension: str) -> Callable[[Path], dict]:
+        s, files, sft_dir = self.s, self.files, self.sft_dir
+        assert files is not None
+
         def train(folder: Path) -> dict:
             from rlhfkit.config import RMConfig
             from rlhfkit.training.stages.reward import run_rm
 
-            held_file = getattr(files, f"{dimension}_eval")
+            held = getattr(files, f"{dimension}_eval")
             cfg = RMConfig(
                 model=str(sft_dir), data=str(getattr(files, dimension)), out=str(folder),
-                eval_data=str(held_file) if held_file else None, learning_rate=3e-4,
-                batch_size=32, max_length=64, seed=s.seed, epochs=s.rm_epochs,
-                eval_every=10, eval_on_start=True, log_every=10, save_every=50,
-                keep_checkpoints=1,
+                eval_data=str(held) if held else None, learning_rate=3e-4, batch_size=32,
+                max_length=64, seed=s.seed, epochs=s.rm_epochs, eval_every=10,
+                eval_on_start=True, log_every=10, save_every=50, keep_checkpoints=1,
             )  # fmt: skip
             result = run_rm(cfg, **resume_or_overwrite(folder))
             best = result.best or result.eval
@@ -319,52 +363,24 @@ def _run_demo(out: Path, quick: bool, algorithms: str, labels: str, console: Any
 
         return train
 
-    rm_dirs = []
-    for dim in ("helpfulness", "safety"):
-        pipe.step(f"rm-{dim}", {"epochs": s.rm_epochs}, ["labels"], reward_model(dim))
-        rm_dirs.append(out / f"rm-{dim}" / "final")
-
-    # 6: algorithms ----------------------------------------------------------------------
-    policies: dict[str, Path] = {"sft": sft_dir}
-    for name in names:
+    # 6: one algorithm
+    def algorithm(self, name: str) -> Path:
+        out, files = self.out, self.files
+        assert files is not None
         inputs = AlgorithmInputs(
-            sft=sft_dir, preferences=files.preferences, preferences_eval=files.preferences_eval,
-            helpfulness=files.helpfulness, safety=files.safety,
-            reward_models=(rm_dirs[0], rm_dirs[1]), prompts=out / "data" / "prompts.jsonl",
-            eval_prompts=out / "data" / "heldout.jsonl", out=out / name, quick=quick,
-            max_kl=s.max_kl, seed=s.seed,
+            sft=self.sft_dir, sft_data=out / "data" / "sft.jsonl",
+            preferences=files.preferences, preferences_eval=files.preferences_eval,
+            helpfulness=files.helpfulness, safety=files.safety, reward_models=self.rm_dirs,
+            prompts=out / "data" / "prompts.jsonl", eval_prompts=out / "data" / "heldout.jsonl",
+            out=out / name, quick=self.s.name == "quick", max_kl=self.s.max_kl, seed=self.s.seed,
         )  # fmt: skip
 
-        def train(folder: Path, name: str = name, inputs: AlgorithmInputs = inputs) -> dict:
-            policy = REGISTRY[name](inputs)
-            return {"policy": str(policy)}
+        def train(folder: Path) -> dict:
+            return {"policy": str(REGISTRY[name](inputs))}
 
-        info = pipe.step(name, {"quick": quick}, ["labels", "rm-helpfulness", "rm-safety"], train)
-        policies[name] = Path(info["policy"])
-        pipe.digests[f"policy:{name}"] = pipe.digests[name]
-    pipe.digests["policy:sft"] = pipe.digests["sft"]
-
-    # 7: evaluation ----------------------------------------------------------------------
-    results = evaluate_all(pipe, policies, out, task, s, console)
-
-    # 8: report --------------------------------------------------------------------------
-    from rlhfkit.demo.report import print_summary, write_report
-
-    summary = {
-        "settings": dataclasses.asdict(s),
-        "labels": labels,
-        "algorithms": names,
-        "comparisons": label_info.get("counts", {}),
-        "results": {k: v.to_dict() for k, v in results.items()},
-        "timings": pipe.timings,
-        "wall_s": time.perf_counter() - wall0,
-        "cpu_s": time.process_time() - cpu0,
-    }
-    report = write_report(out, summary, task)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    print_summary(console, summary)
-    console.print(f"report: {report}")
-    return summary
+        recipe = {"quick": inputs.quick, "code": source_digest(REGISTRY[name])}
+        deps = ["labels", "rm-helpfulness", "rm-safety"]
+        return Path(self.pipe.step(name, recipe, deps, train)["policy"])
 
 
 def evaluate_all(
@@ -402,7 +418,7 @@ def evaluate_all(
             write_eval(folder, result, rows)
             return {}
 
-        deps = ["data", f"policy:{name}"] + ([] if name == "sft" else ["eval/sft"])
+        deps = ["data", name] + ([] if name == "sft" else ["eval/sft"])
         pipe.step(f"eval/{name}", {"settings": dataclasses.asdict(settings)}, deps, run)
         results[name] = EvalResult.from_dict(
             json.loads((out / "eval" / name / "eval.json").read_text(encoding="utf-8"))

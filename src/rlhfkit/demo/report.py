@@ -102,20 +102,18 @@ def online_curves(out: Path, names: list[str]) -> dict[str, dict[str, list[tuple
     return panels
 
 
-def rm_curves(
-    out: Path,
-) -> tuple[dict[str, dict[str, list[tuple[float, float]]]], dict[str, float]]:
+def rm_curves(out: Path) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Held-out pairwise accuracy of each reward model per evaluation (the best, which
+    final/ keeps, in the legend)."""
     curves: dict[str, list[tuple[float, float]]] = {}
-    best: dict[str, float] = {}
     for dim in ("helpfulness", "safety"):
         rows = [r for r in _read_jsonl(out / f"rm-{dim}" / "metrics.jsonl") if "eval_accuracy" in r]
-        curves[dim] = [(r["step"], r["eval_accuracy"]) for r in rows]
+        label = dim
         ev = out / f"rm-{dim}" / "eval.json"
-        if ev.exists():
-            acc = json.loads(ev.read_text(encoding="utf-8")).get("accuracy")
-            if acc is not None:
-                best[dim] = acc
-    return {"held-out pairwise accuracy": curves}, best
+        if ev.exists() and json.loads(ev.read_text(encoding="utf-8")).get("accuracy") is not None:
+            label += f" (best {json.loads(ev.read_text(encoding='utf-8'))['accuracy']:.3f})"
+        curves[label] = [(r["step"], r["eval_accuracy"]) for r in rows]
+    return {"held-out pairwise accuracy": curves}
 
 
 def overoptimization(
@@ -226,11 +224,11 @@ def write_report(out: Path, summary: dict[str, Any], task: Task) -> Path:
                 "Mean reward of the sampled responses (the proxy the policy optimises) and their KL to the SFT model, per step.",
             )
         )
-    rm, rm_best = rm_curves(out)
+    rm = rm_curves(out)
     png = plots.line_panels(
         rm,
         plot_dir / "rm_accuracy.png",
-        title="Reward models (best: " + ", ".join(f"{k} {v:.3f}" for k, v in rm_best.items()) + ")",
+        title="Reward models",
     )
     figs.append(
         _figure(

@@ -408,19 +408,20 @@ def write_eval(out: str | Path, result: EvalResult, rows: Sequence[dict[str, Any
 
 def print_result(console: Any, result: EvalResult) -> None:
     """The result as a two-column table."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{result.policy} on {result.n_prompts} prompts")
+    table = Table(title=escape(f"{result.policy} on {result.n_prompts} prompts"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     if result.gold is not None:
         for key, value in asdict(result.gold).items():
             table.add_row(key, f"{value:.3f}")
     for name, score in result.judge_scores.items():
-        table.add_row(f"mean score [{name}]", f"{score:.3f}")
+        table.add_row(escape(f"mean score [{name}]"), f"{score:.3f}")
     for name, wr in result.win_rates.items():
         table.add_row(
-            f"win rate vs reference [{name}]",
+            escape(f"win rate vs reference [{name}]"),
             f"{wr} ({wr.wins} wins, {wr.ties} ties, {wr.losses} losses)",
         )
     if result.kl is not None:
