@@ -5,11 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhfkit.data.batching import GroupCollator
-from rlhfkit.data.prepare import tokenize_groups
-from rlhfkit.data.templates import resolve_template
+from rlhfkit.data.batching import GroupCollator, keeps_packed_apart
+from rlhfkit.data.prepare import ResponseGroup, tokenize_groups
+from rlhfkit.data.templates import TokenizedExample, resolve_template
 from rlhfkit.data.types import Message, PreferenceRecord, RankingRecord
-from rlhfkit.models.reward import last_token_index, load_reward_model, sequence_rewards
+from rlhfkit.models.reward import (
+    batch_rewards,
+    last_token_index,
+    load_reward_model,
+    segment_last_index,
+    sequence_rewards,
+)
 from rlhfkit.models.tiny import TinySpec, build_tiny
 from rlhfkit.rollout.generation import left_pad
 from rlhfkit.training.stages.reward import RewardObjective
@@ -106,3 +112,36 @@ def test_objective_averages_pairs_per_group(rm_and_tok):
     assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
     correct, n = out.metrics["accuracy"]
     assert n == 7 and float(correct) == float((r[batch["better"]] > r[batch["worse"]]).sum())
+
+
+def test_padding_free_batch_gives_the_padded_rewards_and_loss(rm_and_tok):
+    """Packed responses (position ids restarting per response, no mask) are scored at
+    the last token of each segment: the same rewards, loss and metrics as padded."""
+    model, tok = rm_and_tok
+    texts = ["5", "6", "The answer is 5.", "What is 2 + 3? I can't help with that.", "5 6"]
+    ids = [tok(t)["input_ids"] for t in texts]
+    groups = [
+        ResponseGroup([ids[3], ids[0], ids[1]], [(0, 1, 0.0), (0, 2, 0.0), (1, 2, 0.0)]),
+        ResponseGroup([ids[2], ids[4]], [(1, 0, 0.0)]),
+    ]
+    padded = GroupCollator(tok.pad_token_id)(groups)
+    packed = GroupCollator(tok.pad_token_id, padding_free=True)(groups)
+    assert "attention_mask" not in packed and packed["n_segments"] == 5
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()
+    obj = RewardObjective("pairwise")
+    with torch.no_grad():
+        want = obj.loss(model, padded)
+        got = obj.loss(model, packed)
+        r_pad = batch_rewards(model, padded)
+        r_packed = batch_rewards(model, packed)
+    assert torch.allclose(r_pad, r_packed, atol=1e-5)
+    assert float(got.loss) == pytest.approx(float(want.loss), rel=1e-5, abs=1e-6)
+    for k in want.metrics:
+        assert float(got.metrics[k][0]) == pytest.approx(float(want.metrics[k][0]), abs=1e-5)
+    rows = [TokenizedExample(i, [-100] * len(i)) for i in ids]
+    assert keeps_packed_apart(model, rows, tok.pad_token_id, score=batch_rewards)
+
+
+def test_segment_last_index():
+    segments = torch.tensor([[0, 0, 0, 2, 2], [1, 1, 3, -1, -1]])
+    assert segment_last_index(segments, 4).tolist() == [2, 6, 4, 7]

@@ -153,12 +153,14 @@ class GroupCollator:
     """Response groups -> one right-padded batch of every response, plus pair indices.
 
     Output: ``input_ids`` / ``attention_mask`` of shape ``(responses, length)``;
-    ``better``, ``worse`` (row indices), ``margin`` and ``group`` (group index per
+    ``better``, ``worse`` (response indices), ``margin`` and ``group`` (group index per
     pair), and ``n_groups``. All responses of all groups go through one forward.
+    With ``padding_free`` the responses are packed (:func:`pack_batch`: ``position_ids``
+    and ``segments`` instead of the mask; segment ``i`` is response ``i``).
     """
 
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad = PadCollator(pad_token_id)
+    def __init__(self, pad_token_id: int, padding_free: bool = False) -> None:
+        self.pad = PadCollator(pad_token_id, padding_free=padding_free)
 
     def __call__(self, groups: Sequence[ResponseGroup]) -> dict:
         import torch
@@ -222,10 +224,13 @@ def batch_logps(model, batch: dict):
     return sequence_logps(logits, batch["labels"])
 
 
-def keeps_packed_apart(model, examples: Sequence[TokenizedExample], pad_token_id: int) -> bool:
+def keeps_packed_apart(
+    model, examples: Sequence[TokenizedExample], pad_token_id: int, score=None
+) -> bool:
     """Whether ``model`` scores packed examples (:func:`pack_batch`) as it scores them
     padded, on the two shortest and the longest of ``examples``; False when they do
-    not pack at all.
+    not pack at all. ``score(model, batch)`` gives one value per example (default:
+    the summed log-probs of :func:`batch_logps`; reward models pass their rewards).
 
     transformers turns restarting ``position_ids`` into a block-diagonal mask for
     most architectures, not for all (nor for remote code), so a stage checks before
@@ -246,8 +251,9 @@ def keeps_packed_apart(model, examples: Sequence[TokenizedExample], pad_token_id
     model.eval()
     try:
         with torch.no_grad():
-            want, _ = batch_logps(model, on_device(PadCollator(pad_token_id)(sample)))
-            got, _ = batch_logps(model, on_device(pack_batch(sample, pad_token_id)))
+            score = score or (lambda m, b: batch_logps(m, b)[0])
+            want = score(model, on_device(PadCollator(pad_token_id)(sample)))
+            got = score(model, on_device(pack_batch(sample, pad_token_id)))
     finally:
         model.train(was_training)
     fp32 = next(model.parameters()).dtype == torch.float32

@@ -81,12 +81,22 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The head's output at every position, shape ``(batch, length)``."""
+def token_scores(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The head's output at every position, shape ``(batch, length)``. Packed rows
+    (:func:`rlhfkit.data.batching.pack_batch`) pass their restarting ``position_ids``
+    and no ``attention_mask``."""
+    if position_ids is None:
+        assert attention_mask is not None
+        position_ids = positions_from_mask(attention_mask)
     hidden = _unwrap(model).base_model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=positions_from_mask(attention_mask),
+        position_ids=position_ids,
         use_cache=False,
     )
     head = _head(model)
@@ -99,6 +109,43 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     scores = token_scores(model, input_ids, attention_mask)
     idx = last_token_index(attention_mask)
     return scores.gather(1, idx[:, None]).squeeze(1)
+
+
+def segment_last_index(segments: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Flat index (into ``segments.flatten()``) of the last token of each segment of a
+    packed batch; ``segments`` is -1 on the pad tail."""
+    flat = segments.flatten()
+    pos = torch.arange(flat.numel(), device=flat.device)
+    keep = flat >= 0
+    last = torch.zeros(n_segments, dtype=torch.long, device=flat.device)
+    return last.scatter_reduce(0, flat[keep], pos[keep], reduce="amax", include_self=False)
+
+
+def packed_sequence_rewards(
+    model,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    segments: torch.Tensor,
+    n_segments: int,
+) -> torch.Tensor:
+    """One scalar per example of a packed batch (:func:`rlhfkit.data.batching.pack_batch`),
+    read at the last token of its segment: the same values as :func:`sequence_rewards`
+    on the padded batch, when the model keeps packed sequences apart."""
+    scores = token_scores(model, input_ids, None, position_ids)
+    return scores.flatten()[segment_last_index(segments, n_segments)]
+
+
+def batch_rewards(model, batch: dict) -> torch.Tensor:
+    """Per-example rewards of a padded batch (one per row) or a packed one (per segment)."""
+    if "segments" in batch:
+        return packed_sequence_rewards(
+            model,
+            batch["input_ids"],
+            batch["position_ids"],
+            batch["segments"],
+            int(batch["n_segments"]),
+        )
+    return sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
 
 
 def as_conversation(prompt: str | Sequence[Message]) -> Conversation:

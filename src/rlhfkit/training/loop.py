@@ -232,6 +232,9 @@ class TrainingRun:
 
     # -- helpers ----------------------------------------------------------------
     def global_sum(self, value: float) -> float:
+        """``value`` summed over processes (one process: itself, no collective)."""
+        if self.accelerator.num_processes == 1:
+            return float(value)
         t = torch.tensor(float(value), device=self.accelerator.device, dtype=torch.float64)
         return float(self.accelerator.reduce(t, reduction="sum").item())
 
@@ -429,8 +432,7 @@ class Trainer(TrainingRun):
                 acc.backward(out.loss * scale)
             loss_sum += float(out.loss.detach())
             metrics.add(out.metrics)
-            mask = batch.get("attention_mask")
-            tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+            tokens += batch_tokens(batch)
         grad_norm = None
         if self.cfg.max_grad_norm > 0:
             grad_norm = acc.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
@@ -477,6 +479,15 @@ class Trainer(TrainingRun):
         }
         means.update(self.objective.derived(means))
         return {f"eval_{k}": v for k, v in means.items()}
+
+
+def batch_tokens(batch: dict[str, Any]) -> int:
+    """Real tokens of a batch: the attention mask's ones, a packed batch's segment tokens
+    (its pad tail left out), else every position."""
+    if "segments" in batch:
+        return int((batch["segments"] >= 0).sum())
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
 
 def _short(metrics: dict[str, float]) -> dict[str, float]:

@@ -18,11 +18,12 @@ import torch
 
 from rlhfkit.algorithms.reward import centering_penalty, group_mean, hinge_loss, pairwise_loss
 from rlhfkit.config import RMConfig
-from rlhfkit.data.batching import GroupCollator
-from rlhfkit.data.prepare import tokenize_groups
+from rlhfkit.data.batching import GroupCollator, keeps_packed_apart
+from rlhfkit.data.prepare import ResponseGroup, tokenize_groups
+from rlhfkit.data.templates import IGNORE_INDEX, TokenizedExample
 from rlhfkit.data.types import PreferenceRecord
 from rlhfkit.models.loading import apply_lora, lora_spec
-from rlhfkit.models.reward import load_reward_model, sequence_rewards
+from rlhfkit.models.reward import batch_rewards, load_reward_model
 from rlhfkit.training.loop import LossOutput, Trainer, TrainResult
 from rlhfkit.training.run import prepare_stage, tokenize_splits
 
@@ -41,7 +42,7 @@ class RewardObjective:
         return int(batch["n_groups"])
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
-        r = sequence_rewards(model, batch["input_ids"], batch["attention_mask"]).float()
+        r = batch_rewards(model, batch).float()
         chosen, rejected = r[batch["better"]], r[batch["worse"]]
         if self.kind == "pairwise":
             per_pair = pairwise_loss(chosen, rejected)
@@ -81,6 +82,19 @@ def margin_from(cfg: RMConfig):
     return margin
 
 
+def padding_free(model: torch.nn.Module, groups: list[ResponseGroup], s: Any) -> bool:
+    """Pack each batch's responses (:func:`rlhfkit.data.batching.pack_batch`) when the
+    model scores packed responses as it scores them padded; logged either way."""
+    sample = [
+        TokenizedExample(ids, [IGNORE_INDEX] * len(ids)) for g in groups[:64] for ids in g.responses
+    ]
+    ok = keeps_packed_apart(
+        model.to(s.accelerator.device), sample, s.tokenizer.pad_token_id, score=batch_rewards
+    )
+    log.info("padding-free batches: %s", "on" if ok else "off (the model mixes packed sequences)")
+    return ok
+
+
 def run_rm(cfg: RMConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Train a reward model from ``cfg.model`` (usually the SFT model) on ``cfg.data``."""
     keep = None if cfg.dimension is None else (lambda r: r.dimension == cfg.dimension)
@@ -103,7 +117,7 @@ def run_rm(cfg: RMConfig, *, resume: bool = False, overwrite: bool = False) -> T
     if cfg.lora_r > 0:
         model = apply_lora(model, lora_spec(cfg), task_type="SEQ_CLS")
     objective = RewardObjective(cfg.loss, cfg.hinge_margin, cfg.center_coef)
-    collate = GroupCollator(s.tokenizer.pad_token_id)
+    collate = GroupCollator(s.tokenizer.pad_token_id, padding_free(model, train, s))
     trainer = Trainer(
         cfg, model, s.tokenizer, objective, train, collate, evals, "rm", s.accelerator
     )
