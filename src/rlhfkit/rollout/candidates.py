@@ -98,6 +98,8 @@ def score_candidates(
     reward: RewardSource,
     batch_size: int = 64,
     missing_eos_penalty: float = 0.0,
+    description: str = "scoring",
+    show_progress: bool = True,
 ) -> list[list[float]]:
     """One reward per sample (also stored in ``candidates.scores``), ``batch_size``
     samples per call; ``missing_eos_penalty`` is subtracted where a response has no EOS.
@@ -109,10 +111,15 @@ def score_candidates(
         n = min(CALIBRATION_SAMPLES, len(texts))
         calibrate(prompts[:n], texts[:n], fields[:n])
     values: list[float] = []
-    for start in range(0, len(texts), batch_size):
-        end = start + batch_size
-        out = reward.score(prompts[start:end], texts[start:end], fields[start:end])
-        values += [float(v) for v in out.tolist()]
+    progress = Progress(len(texts), description, show_progress)
+    try:
+        for start in range(0, len(texts), batch_size):
+            end = start + batch_size
+            out = reward.score(prompts[start:end], texts[start:end], fields[start:end])
+            values += [float(v) for v in out.tolist()]
+            progress.update(len(values))
+    finally:
+        progress.close()
     flat_trunc = [t for row in candidates.truncated for t in row]
     values = [v - missing_eos_penalty * t for v, t in zip(values, flat_trunc, strict=True)]
     k = candidates.k

@@ -122,7 +122,7 @@ def _round(
     data = write_jsonl(run.out / name / "train.jsonl", rows)
     out = run.out / name / "sft"
     if cfg.contrastive_weight > 0:
-        result = finetune_contrastive(run, groups, out)
+        result = finetune_contrastive(run, groups, data, out)
     else:
         result = run.finetune(data, out)
     summary = {
@@ -239,7 +239,9 @@ class HIRObjective:
         return {"ppl": math.exp(min(means["nll"], 50.0))} if "nll" in means else {}
 
 
-def finetune_contrastive(run: SelfTrainRun, groups: list[list[Pair]], out: Path) -> TrainResult:
+def finetune_contrastive(
+    run: SelfTrainRun, groups: list[list[Pair]], data: Path, out: Path
+) -> TrainResult:
     """The round's fine-tuning with the contrastive term, on the shared loop; ``batch_size``
     counts source prompts (each with its relabeled samples)."""
     from rlhfkit.models.loading import load_causal_lm, lora_spec
@@ -247,7 +249,7 @@ def finetune_contrastive(run: SelfTrainRun, groups: list[list[Pair]], out: Path)
     from rlhfkit.training.run import prepare_run_dir
 
     cfg = run.cfg
-    sft = sft_config(cfg, run.policy, out / "train.jsonl", out)
+    sft = sft_config(cfg, run.policy, data, out)  # data: the same pairs, for the record
     items, stats = build_groups(groups, run.tokenizer, run.template, cfg.max_length)
     stats.report("hir", cfg.max_length)
     resume = run.resume and (out / "checkpoints").is_dir()
