@@ -177,12 +177,16 @@ def eval_prompts(task: Task, n_arithmetic: int, seed: int) -> list[TaskPrompt]:
 
 
 def quiet_libraries() -> None:
-    """No per-file progress bars or load reports from transformers (the demo shows its
-    own progress; a reward model's new head is expected)."""
+    """No per-file progress bars or load reports from transformers, no notes on tied
+    weights from accelerate (the demo shows its own progress; a reward model's new
+    head is expected)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # the tiny models tie their input and output embeddings: accelerate's checkpoints
+    # drop the shared copy and say so at every save
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 def run_demo(

@@ -283,7 +283,7 @@ def write_report(out: Path, summary: dict[str, Any], task: Task) -> Path:
             _figure(
                 png,
                 "overoptimization",
-                "Over-optimisation (Gao et al. 2022): as the policy moves away from SFT, the proxy reward it is optimised against keeps rising while the gold score peaks, then falls once the policy exploits the reward model's errors. Each point is a group of training steps: the mean KL of their rollouts, the gold judge's score of those rollouts, and the reward they were given.",
+                "What to look for (Gao et al. 2022, reward model over-optimisation): as the policy moves away from SFT, the proxy reward it is optimised against keeps rising while the gold score peaks, then falls once the policy exploits the reward model's errors. Each point is a group of training steps: the mean KL of their rollouts, the gold judge's score of those rollouts, and the reward they were given.",
             )
         )
     s_header, s_rows = sample_table(out, names)
