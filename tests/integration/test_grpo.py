@@ -32,8 +32,7 @@ def grpo(command: str, model: Path, prompts: Path, out: Path, rewards: list[str]
     for fn in rewards:
         args += ["--reward-fn", fn]
     common = ["rollout_batch_size=16", "num_generations=8", "batch_size=128",
-              "max_new_tokens=12", "learning_rate=1e-4", "max_length=64", "seed=0",
-              "max_steps=70"]  # fmt: skip
+              "max_new_tokens=12", "learning_rate=1e-4", "max_length=64", "seed=0"]  # fmt: skip
     for s in [*common, *sets]:
         args += ["--set", s]
     res = runner.invoke(app, args)
@@ -52,15 +51,17 @@ def test_grpo_exact_answer_raises_heldout_accuracy(
     out = tmp_path / "grpo"
     metrics = grpo(
         "grpo", sft_policy.final_dir, arithmetic_prompts, out,
-        ["rlhfkit.rewards:exact_answer"], "beta=0.04",
+        ["rlhfkit.rewards:exact_answer"], "beta=0.04", "max_steps=120",
     )  # fmt: skip
     scores = evaluate_policy(out / "final", task)[0]
     print(f"held-out arithmetic accuracy: SFT {sft_accuracy:.3f} -> GRPO {scores.accuracy:.3f}")
-    # Measured 0.608 -> 0.683 (80 steps at lr 1e-4, beta 0.04). A flipped advantage
-    # sign or a broken group normalisation moves it down, not up.
+    # Measured 0.608 -> 0.683 after 80 steps in one run and -> 0.637 after 70 in
+    # another (sampling differs run to run; the paired standard error on 600 prompts
+    # is ~0.016), hence 120 steps. A flipped advantage sign or a broken group
+    # normalisation moves it down, not up.
     assert scores.accuracy >= sft_accuracy + 0.03, (sft_accuracy, scores)
     steps = [m for m in metrics if "zero_std_groups" in m]
-    assert len(steps) == 70
+    assert len(steps) == 120
     assert all(0 <= m["zero_std_groups"] <= 1 for m in steps)
     assert max(m["kl"] for m in steps) < 2.0  # beta > 0: the k3 KL is logged and bounded
     assert (out / "samples.jsonl").is_file()
@@ -73,7 +74,7 @@ def test_rloo_with_two_weighted_rewards(
     metrics = grpo(
         "rloo", sft_policy.final_dir, arithmetic_prompts, out,
         ["rlhfkit.rewards:exact_answer", "rlhfkit.rewards:overlong_penalty(max_length=8, cache=4)"],
-        "beta=0.0", "loss_type=dapo", "reward_weights=[1.0,0.5]",
+        "beta=0.0", "loss_type=dapo", "reward_weights=[1.0,0.5]", "max_steps=70",
     )  # fmt: skip
     scores = evaluate_policy(out / "final", task)[0]
     print(f"held-out arithmetic accuracy: SFT {sft_accuracy:.3f} -> RLOO {scores.accuracy:.3f}")
