@@ -3,7 +3,8 @@
 Usage (after ``make bench-setup``, which builds TRL's own venv in ``bench/.trl-venv``)::
 
     python bench/compare_trl.py [--repeats R] [--steps N] [--batch-size B]
-                                [--workloads sft,rm,dpo-live,dpo-precomputed] [--out DIR]
+                                [--workloads sft,rm,dpo-live,dpo-precomputed,grpo,rloo]
+                                [--online-steps N] [--online-warmup W] [--out DIR]
 
 What is compared. One tiny llama built once by ``rlhfkit tiny`` (vocab 512, hidden
 128, 4 layers, seed 0) and loaded from that folder by both sides; the built-in
@@ -33,6 +34,16 @@ by step (``loss_curve_max_abs_diff``); N * B must fit in one epoch.
 * ``dpo-precomputed``: the same with the reference log-probs computed in one pass
   before training (``precompute_ref`` / ``precompute_ref_log_probs``); that pass
   is part of set-up.
+* ``grpo``: ``run_grpo`` vs ``GRPOTrainer``; ``rloo``: ``run_grpo`` with
+  ``advantage_estimator=rloo`` vs ``RLOOTrainer``. The built-in task's arithmetic
+  prompts in rlhfkit's prompt order (TRL reads them in that order), 8 prompts x 8
+  samples per step, at most 24 new tokens at temperature 1, one optimizer step per
+  rollout, lr 1e-5 linear, the exact-answer reward (rlhfkit's built-in; restated
+  for TRL's signature), ``--online-steps`` steps. GRPO: loss_type grpo,
+  scale_rewards group, beta 0.04 on both sides; RLOO: beta 0 (TRL's RLOO loss is
+  per sequence, rlhfkit's per token: ``dr_grpo`` gives proportional gradients).
+  Samples differ, so ``mean_reward`` replaces the loss and its curve, and tokens
+  are generated tokens. TRL 1.16 has no PPO trainer, so PPO is not compared.
 
 Method. Every run is a fresh process with the framework's own venv python
 (rlhfkit: this interpreter; TRL: ``--trl-python``), so imports and peak memory are
