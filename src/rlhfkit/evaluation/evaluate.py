@@ -322,6 +322,7 @@ def evaluate(
 
         return advance
 
+    scorers = [GoldJudge(task, tps) if j == GOLD else RewardModelJudge(j) for j in judges]  # type: ignore[arg-type]
     pol = load_policy(policy)
     greedy = generate(pol, convs, settings, progress=tick("responses"))
     result = EvalResult(
@@ -346,32 +347,48 @@ def evaluate(
         {"prompt": [m.as_dict() for m in c], "response": t, **records[i].extra}
         for i, (c, t) in enumerate(zip(convs, greedy.texts, strict=True))
     ]
-    for spec in judges:
-        judge = GoldJudge(task, tps) if spec == GOLD else RewardModelJudge(spec)  # type: ignore[arg-type]
-        mine = judge.scores(convs, greedy.texts)
-        result.judge_scores[judge.name] = sum(mine) / max(n, 1)
-        for row, s in zip(rows, mine, strict=True):
-            row[f"score[{judge.name}]"] = s
-        if ref_texts is not None:
-            theirs = judge.scores(convs, ref_texts)
-            result.win_rates[judge.name] = win_rate(
-                mine, theirs, settings.bootstrap, settings.confidence, settings.seed
-            )
-            for row, s in zip(rows, theirs, strict=True):
-                row[f"reference_score[{judge.name}]"] = s
-    if ref_texts is not None:
-        for row, t in zip(rows, ref_texts, strict=True):
-            row["reference_response"] = t
+    apply_judges(scorers, convs, greedy.texts, ref_texts, settings, result, rows)
     if ref_model is not None and settings.kl_samples > 0:
         kls = sampled_kl(pol, ref_model, convs, settings)
         result.kl, result.kl_samples = sum(kls) / len(kls), len(kls)
-    refs = reference_texts(records)
-    pairs = [(t, r) for t, r in zip(greedy.texts, refs, strict=True) if r is not None]
-    if pairs:
-        hyps, gold_refs = [p[0] for p in pairs], [p[1] for p in pairs]
-        result.bleu, result.rouge_l = bleu(hyps, gold_refs), rouge_l(hyps, gold_refs)
-        result.n_references = len(pairs)
+    text_overlap(greedy.texts, records, result)
     return result, rows
+
+
+def apply_judges(
+    scorers: Sequence[GoldJudge | RewardModelJudge],
+    convs: Sequence[Conversation],
+    texts: Sequence[str],
+    ref_texts: Sequence[str] | None,
+    settings: EvalSettings,
+    result: EvalResult,
+    rows: list[dict[str, Any]],
+) -> None:
+    """Each judge's mean score and, with reference responses, its win rate; the
+    scores go into ``rows`` too."""
+    for judge in scorers:
+        mine = judge.scores(convs, texts)
+        result.judge_scores[judge.name] = sum(mine) / max(len(mine), 1)
+        for row, s in zip(rows, mine, strict=True):
+            row[f"score[{judge.name}]"] = s
+        if ref_texts is None:
+            continue
+        theirs = judge.scores(convs, ref_texts)
+        result.win_rates[judge.name] = win_rate(
+            mine, theirs, settings.bootstrap, settings.confidence, settings.seed
+        )
+        for row, s, t in zip(rows, theirs, ref_texts, strict=True):
+            row[f"reference_score[{judge.name}]"] = s
+            row["reference_response"] = t
+
+
+def text_overlap(texts: Sequence[str], records: Sequence[PromptRecord], result: EvalResult) -> None:
+    """BLEU and ROUGE-L of ``texts`` against the records' ``reference`` texts, if any."""
+    pairs = [(t, r) for t, r in zip(texts, reference_texts(records), strict=True) if r is not None]
+    if pairs:
+        hyps, refs = [p[0] for p in pairs], [p[1] for p in pairs]
+        result.bleu, result.rouge_l = bleu(hyps, refs), rouge_l(hyps, refs)
+        result.n_references = len(pairs)
 
 
 def _where(records: Sequence[PromptRecord]) -> str:
