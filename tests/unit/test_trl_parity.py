@@ -196,12 +196,14 @@ def test_dpo_sigmoid_label_smoothing_differs_from_trl_on_purpose(parity):
     assert abs(ours - ((1 - eps) * plain + eps * flipped)) < TOL
 
 
+@pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "padding-free"])
 @pytest.mark.parametrize("case", list(RM_CASES))
-def test_reward_loss_matches_trl(parity, case):
+def test_reward_loss_matches_trl(parity, case, padding_free):
     """For preference pairs (K = 2) rlhfkit's per-prompt mean is one pair, so its mean
-    over prompts is TRL's mean over pairs; TRL has no rankings (K > 2) to compare."""
+    over prompts is TRL's mean over pairs; TRL has no rankings (K > 2) to compare.
+    Packed (padding-free) batches give TRL's padded loss too."""
     loss, _, coef = RM_CASES[case]
-    batch = GroupCollator(parity["pad"])(parity["groups"])
+    batch = GroupCollator(parity["pad"], padding_free=padding_free)(parity["groups"])
     with torch.no_grad():
         out = RewardObjective(loss, center_coef=coef).loss(parity["rm"], batch)
     ours = float(out.loss) / len(parity["groups"])
