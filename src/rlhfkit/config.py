@@ -408,12 +408,14 @@ class OnlineKeys:
                 "function (--reward-fn)"
             )
         _choice(self, "reward_combine", REWARD_COMBINE)
-        if self.reward_combine == "llama2" and (len(self.reward_model) != 2 or self.reward_fn):
+        if self.reward_combine == "llama2" and len(self.reward_model) != 2:
             raise ConfigError(
                 "key 'reward_combine': llama2 needs exactly two reward models "
-                "(helpfulness first, safety second) and no reward function"
+                "(helpfulness first, safety second)"
             )
         n_sources = len(self.reward_model) + len(self.reward_fn)
+        if self.reward_combine == "llama2":  # the gated pair counts as one source
+            n_sources -= 1
         if self.reward_weights is not None and len(self.reward_weights) != n_sources:
             raise ConfigError(
                 f"key 'reward_weights': {len(self.reward_weights)} weights for {n_sources} reward sources"

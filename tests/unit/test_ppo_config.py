@@ -64,6 +64,8 @@ def test_set_overrides_parse() -> None:
 def test_valid_llama2_and_ptx_configs() -> None:
     cfg = ppo(drop=("reward_fn",), reward_model=["help", "safe"], reward_combine="llama2")
     assert cfg.reward_combine == "llama2"
+    cfg = ppo(reward_model=["help", "safe"], reward_combine="llama2", reward_weights=[1.0, 0.5])
+    assert cfg.reward_weights == [1.0, 0.5]  # the gated pair, then the function
     assert ppo(ptx_coef=0.5, ptx_data="sft.jsonl").ptx_coef == 0.5
 
 
@@ -77,10 +79,10 @@ def test_valid_llama2_and_ptx_configs() -> None:
         ({"drop": ("reward_fn",)}, "reward_model"),  # no RM and no function
         ({"drop": ("model",)}, "model"),
         ({"drop": ("out",)}, "out"),
-        # llama2 needs exactly two reward models and no function
+        # llama2 needs exactly two reward models; functions add to the gated pair (one source)
         ({"drop": ("reward_fn",), "reward_model": ["h"], "reward_combine": "llama2"}, "reward_combine"),
         ({"drop": ("reward_fn",), "reward_model": ["h", "s", "x"], "reward_combine": "llama2"}, "reward_combine"),
-        ({"reward_model": ["h", "s"], "reward_combine": "llama2"}, "reward_combine"),
+        ({"reward_model": ["h", "s"], "reward_combine": "llama2", "reward_weights": [1.0, 1.0, 1.0]}, "reward_weights"),
         ({"reward_combine": "max"}, "reward_combine"),
         ({"kl_estimator": "k4"}, "kl_estimator"),
         ({"ptx_coef": 0.1}, "ptx_data"),  # ptx_coef without ptx_data

@@ -113,3 +113,24 @@ def test_safety_gate_follows_llama2_rule():
     ) and white.std().item() == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ConfigError):
         SafetyGated(h, s, threshold=1.5)
+
+
+def test_llama2_gate_plus_a_function_is_a_weighted_sum(tmp_path, monkeypatch):
+    from rlhfkit.rollout import rewards
+
+    made = iter([Fixed([2.0, -1.0], "h"), Fixed([3.0, -3.0], "s")])
+    monkeypatch.setattr(rewards, "ModelReward", lambda *a, **k: next(made))
+    (tmp_path / "fn.py").write_text(
+        "def bonus(completions, **f):\n    return [10.0, 20.0]\n", encoding="utf-8"
+    )
+    src = rewards.build_reward_source(
+        ["help", "safe"], [f"{tmp_path / 'fn.py'}:bonus"], "llama2", [1.0, 0.5], normalize=False
+    )
+    assert isinstance(src, WeightedSum) and isinstance(src.sources[0], SafetyGated)
+    total, parts = src.score_with_parts([conv("q")] * 2, ["a", "b"], [{}, {}])
+    # gate: sample 0 uses helpfulness 2.0, sample 1 safety -3.0 (sigmoid < 0.15); then
+    # whitened over the batch: [1/sqrt(2), -1/sqrt(2)] * sqrt(2) = [0.7071, -0.7071]
+    gated = torch.tensor([2.0, -3.0])
+    white = (gated - gated.mean()) / gated.std()
+    assert parts["llama2"].tolist() == pytest.approx(white.tolist())
+    assert total.tolist() == pytest.approx((white + 0.5 * torch.tensor([10.0, 20.0])).tolist())

@@ -337,7 +337,8 @@ def build_reward_source(
 ) -> RewardSource:
     """The reward of an online stage from its config keys: one source as it is; several
     as a calibrated weighted sum (``combine="sum"``) or Llama 2's helpfulness / safety
-    rule (``combine="llama2"``, two reward models: helpfulness first). ``normalize=False``
+    rule (``combine="llama2"``, two reward models: helpfulness first; reward functions
+    are then added to the gated score, weighted). ``normalize=False``
     sums the sources' raw values (weighted) instead of calibrating each."""
     sources: list[RewardSource] = [
         ModelReward(path, name=f"rm{i}" if len(reward_models) > 1 else "rm", device=device)
@@ -347,9 +348,13 @@ def build_reward_source(
     if not sources:
         raise ConfigError("key 'reward_model': no reward model or reward function given")
     if combine == "llama2":
-        if len(sources) != 2 or reward_fns:
+        if len(reward_models) != 2:
             raise ConfigError("key 'reward_combine': llama2 needs two reward models")
-        return SafetyGated(sources[0], sources[1], safety_threshold, unsafe_field)
+        gated = SafetyGated(sources[0], sources[1], safety_threshold, unsafe_field)
+        if not reward_fns:
+            return gated
+        # reward functions (a checker the RMs lack, a length rule) add to the gated score
+        return WeightedSum([gated, *sources[2:]], weights, normalize=normalize)
     if len(sources) == 1 and (weights is None or list(weights) == [1.0]):
         return sources[0]
     return WeightedSum(sources, weights, normalize=normalize)
