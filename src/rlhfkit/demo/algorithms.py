@@ -104,9 +104,40 @@ def train_dpo(inputs: AlgorithmInputs) -> Path:
     return run_dpo(cfg, **inputs.run_kwargs()).final_dir
 
 
+def _group_relative(inputs: AlgorithmInputs, estimator: str) -> Path:
+    """GRPO / RLOO: 8 samples per prompt, scored by the safety-gated pair of reward
+    models plus the exact-answer checker (the verifiable reward the helpfulness model
+    lacks: it cannot check a sum), k3 KL to the SFT model."""
+    from rlhfkit.config import GRPOConfig
+    from rlhfkit.training.stages.grpo import run_grpo
+
+    cfg = GRPOConfig(
+        model=str(inputs.sft), prompts=str(inputs.prompts), out=str(inputs.out),
+        reward_model=[str(p) for p in inputs.reward_models], reward_combine="llama2",
+        reward_fn=["rlhfkit.rewards:exact_answer"], reward_weights=[1.0, 1.0],
+        advantage_estimator=estimator, num_generations=8, rollout_batch_size=16,
+        batch_size=128, max_steps=30 if inputs.quick else 60, max_new_tokens=12,
+        learning_rate=1e-4, beta=0.04, max_length=64, seed=inputs.seed, sample_every=1,
+        n_samples_logged=64, kl_warn=inputs.max_kl, save_every=10, keep_checkpoints=1,
+    )  # fmt: skip
+    return run_grpo(cfg, **inputs.run_kwargs()).final_dir
+
+
+def train_grpo(inputs: AlgorithmInputs) -> Path:
+    """GRPO: group-normalised advantages (see :func:`_group_relative`)."""
+    return _group_relative(inputs, "grpo")
+
+
+def train_rloo(inputs: AlgorithmInputs) -> Path:
+    """RLOO: the leave-one-out baseline on GRPO's machinery."""
+    return _group_relative(inputs, "rloo")
+
+
 REGISTRY: dict[str, Algorithm] = {
     "ppo": train_ppo,
     "dpo": train_dpo,
+    "grpo": train_grpo,
+    "rloo": train_rloo,
 }
 
 
