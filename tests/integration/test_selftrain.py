@@ -103,7 +103,7 @@ def test_rejection_sampling_beats_sft(sft_policy, sft_scores, task, files):
     """Best of 4 by the rule reward, samples under 0.5 dropped, one round of SFT (3 epochs
     over the ~380 kept samples). Measured: gold 0.666 -> 0.755, harmful refused 0.17 ->
     1.00, accuracy 0.608 -> 0.617 (one epoch: 0.703, refused 0.50).
-    Keeping the worst sample (a wrong sign) teaches compliance and wrong sums instead."""
+    Keeping the worst sample instead (a wrong sign) measured gold 0.580."""
     out = files["tmp"] / "rs"
     seconds = run_stage(
         "rejection-sampling", sft_policy.final_dir, files["prompts"], out, "min_reward=0.5",
@@ -135,7 +135,7 @@ def test_rejection_sampling_beats_sft(sft_policy, sft_scores, task, files):
 def test_rest_beats_sft(sft_policy, sft_scores, task, files):
     """One Grow step, two Improve steps at rewards >= 0.5 then >= 0.8 (a 0/1-like reward:
     thresholds as values). Measured: gold 0.666 -> 0.743, harmful refused 0.17 -> 1.00.
-    A filter that kept the low rewards would train on wrong answers."""
+    A filter that kept the rewards below the thresholds instead measured gold 0.617."""
     out = files["tmp"] / "rest"
     seconds = run_stage(
         "rest", sft_policy.final_dir, files["prompts"], out, "threshold_mode=value",
@@ -169,8 +169,7 @@ def test_hir_beats_sft(sft_policy, sft_scores, task, files):
     """Sample 4 per prompt, relabel each prompt so the response is right for it (the
     built-in relabeler), fine-tune on the relabeled pairs. No reward is used.
     Measured: gold 0.666 -> 0.735, harmful refused 0.17 -> 1.00, accuracy 0.608 ->
-    0.587. Keeping the original prompts would train on the wrong sums and compliances the
-    policy sampled."""
+    0.587. Keeping the original prompts (no relabeling) measured gold 0.638."""
     out = files["tmp"] / "hir"
     seconds = run_stage(
         "hir",
