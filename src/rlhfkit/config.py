@@ -15,6 +15,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -363,14 +364,11 @@ VALUE_MODELS = ("auto", "reward", "policy", "shared")
 
 
 @dataclasses.dataclass
-class OnlineKeys:
-    """Prompts, sampling and rewards: what every online stage (PPO, GRPO, ...) shares.
-    Defaults and their sources: docs/ppo.md."""
+class RewardKeys:
+    """The reward every stage that scores samples reads (online and self-training stages,
+    best-of-n): reward models, reward functions and how they combine. Built by
+    :func:`rlhfkit.rollout.rewards.reward_from_config`."""
 
-    prompts: str = ""  # prompt records (JSONL / JSON / Parquet / dataset)
-    eval_prompts: str | None = None  # evaluated every eval_every steps (greedy)
-    split: str = "train"
-    skip_invalid: bool = False
     reward_model: list[str] = dataclasses.field(default_factory=list)  # one or more RM folders
     reward_fn: list[str] = dataclasses.field(
         default_factory=list
@@ -379,30 +377,11 @@ class OnlineKeys:
     reward_weights: list[float] | None = None
     safety_threshold: float = 0.15  # llama2: sigmoid(safety) below this uses the safety score
     unsafe_field: str = "unsafe"  # llama2: prompt record field that flags a prompt unsafe
-    ref_model: str | None = None  # default: the starting model (frozen)
-    rollout_batch_size: int = 64  # prompts sampled per step (per process)
-    generation_batch_size: int = 0  # prompts per generate call; 0: rollout_batch_size
-    max_prompt_length: int = 256
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    missing_eos_penalty: float = 0.0  # subtracted from the score of responses without EOS
-    kl_coef: float = 0.05
-    kl_estimator: str = "k1"  # k1 | k2 | k3
-    reward_norm: bool = False  # scores normalised by running mean / std
-    reward_clip: float = 0.0  # > 0: scores clipped to [-x, x] (after normalisation)
-    ppo_epochs: int = 1  # passes over each rollout batch
-    target_approx_kl: float = 0.0  # > 0: stop a step's epochs once approx KL exceeds it
-    sample_every: int = 10  # write samples.jsonl rows every N steps
-    n_samples_logged: int = 8
-    kl_warn: float = 10.0  # warn when mean sequence KL to the reference passes this (nats)
-    eval_batch_size: int = 64
+    # several sources: standardise each on the first batch before the weighted sum
+    reward_normalize: bool = True
 
-    def validate_online(self) -> None:
-        if not self.prompts:
-            raise ConfigError("key 'prompts': expected a prompt file or dataset (--prompts)")
-        if not self.reward_model and not self.reward_fn:
+    def validate_reward(self, required: bool = True) -> None:
+        if required and not self.reward_model and not self.reward_fn:
             raise ConfigError(
                 "key 'reward_model': expected a reward model (--reward-model) or a reward "
                 "function (--reward-fn)"
@@ -424,21 +403,67 @@ class OnlineKeys:
             raise ConfigError(
                 f"key 'safety_threshold': expected 0 < x < 1, got {self.safety_threshold}"
             )
-        for key in ("rollout_batch_size", "max_prompt_length", "max_new_tokens", "ppo_epochs",
-                    "sample_every", "eval_batch_size"):  # fmt: skip
-            if getattr(self, key) < 1:
-                raise ConfigError(
-                    f"key '{key}': expected an integer >= 1, got {getattr(self, key)}"
-                )
-        if not self.temperature > 0:
-            raise ConfigError(f"key 'temperature': expected a number > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"key 'top_p': expected 0 < x <= 1, got {self.top_p}")
+
+
+@dataclasses.dataclass
+class OnlineKeys(RewardKeys):
+    """Prompts, sampling and rewards: what every online stage (PPO, GRPO, ...) shares.
+    Defaults and their sources: docs/ppo.md."""
+
+    prompts: str = ""  # prompt records (JSONL / JSON / Parquet / dataset)
+    eval_prompts: str | None = None  # evaluated every eval_every steps (greedy)
+    split: str = "train"
+    skip_invalid: bool = False
+    ref_model: str | None = None  # default: the starting model (frozen)
+    rollout_batch_size: int = 64  # prompts sampled per step (per process)
+    generation_batch_size: int = 0  # prompts per generate call; 0: rollout_batch_size
+    max_prompt_length: int = 256
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    missing_eos_penalty: float = 0.0  # subtracted from the score of responses without EOS
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"  # k1 | k2 | k3
+    reward_norm: bool = False  # scores normalised by running mean / std
+    reward_clip: float = 0.0  # > 0: scores clipped to [-x, x] (after normalisation)
+    ppo_epochs: int = 1  # passes over each rollout batch
+    target_approx_kl: float = 0.0  # > 0: stop a step's epochs once approx KL exceeds it
+    sample_every: int = 10  # write samples.jsonl rows every N steps
+    n_samples_logged: int = 8
+    kl_warn: float = 10.0  # warn when mean sequence KL to the reference passes this (nats)
+    eval_batch_size: int = 64
+
+    def validate_online(self) -> None:
+        _check_prompts_and_sampling(
+            self,
+            positive=("rollout_batch_size", "max_prompt_length", "max_new_tokens", "ppo_epochs",
+                      "sample_every", "eval_batch_size"),
+            non_negative=("kl_coef", "missing_eos_penalty", "reward_clip", "target_approx_kl",
+                          "top_k", "generation_batch_size"),
+        )  # fmt: skip
         _choice(self, "kl_estimator", ("k1", "k2", "k3"))
-        for key in ("kl_coef", "missing_eos_penalty", "reward_clip", "target_approx_kl",
-                    "top_k", "generation_batch_size"):  # fmt: skip
-            if getattr(self, key) < 0:
-                raise ConfigError(f"key '{key}': expected a number >= 0, got {getattr(self, key)}")
+
+
+def _check_prompts_and_sampling(
+    cfg: Any, positive: Sequence[str], non_negative: Sequence[str], reward_required: bool = True
+) -> None:
+    """What every stage that samples from prompts and scores the samples checks: the
+    prompts and reward are given, ``positive`` keys are integers >= 1, ``non_negative``
+    keys are >= 0, the temperature and top-p are in range."""
+    if not cfg.prompts:
+        raise ConfigError("key 'prompts': expected a prompt file or dataset (--prompts)")
+    cfg.validate_reward(reward_required)
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"key '{key}': expected an integer >= 1, got {getattr(cfg, key)}")
+    for key in non_negative:
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"key '{key}': expected a number >= 0, got {getattr(cfg, key)}")
+    if not cfg.temperature > 0:
+        raise ConfigError(f"key 'temperature': expected a number > 0, got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise ConfigError(f"key 'top_p': expected 0 < x <= 1, got {cfg.top_p}")
 
 
 def _check_clip(cfg: Any, low_key: str, high_key: str) -> None:
@@ -541,31 +566,8 @@ class GRPOConfig(OnlineKeys, ModelKeys, TrainConfig):
 SELECTION_RULES = ("best", "top_fraction", "all")
 
 
-def validate_reward_keys(cfg: Any, required: bool = True) -> None:
-    """The reward-source keys every stage that scores samples shares (names as in
-    :class:`OnlineKeys`)."""
-    if required and not cfg.reward_model and not cfg.reward_fn:
-        raise ConfigError(
-            "key 'reward_model': expected a reward model (--reward-model) or a reward "
-            "function (--reward-fn)"
-        )
-    _choice(cfg, "reward_combine", REWARD_COMBINE)
-    if cfg.reward_combine == "llama2" and (len(cfg.reward_model) != 2 or cfg.reward_fn):
-        raise ConfigError(
-            "key 'reward_combine': llama2 needs exactly two reward models "
-            "(helpfulness first, safety second) and no reward function"
-        )
-    n_sources = len(cfg.reward_model) + len(cfg.reward_fn)
-    if cfg.reward_weights is not None and len(cfg.reward_weights) != n_sources:
-        raise ConfigError(
-            f"key 'reward_weights': {len(cfg.reward_weights)} weights for {n_sources} reward sources"
-        )
-    if not 0 < cfg.safety_threshold < 1:
-        raise ConfigError(f"key 'safety_threshold': expected 0 < x < 1, got {cfg.safety_threshold}")
-
-
 @dataclasses.dataclass
-class SamplingKeys:
+class SamplingKeys(RewardKeys):
     """Prompts, K samples per prompt and the reward that ranks them: what rejection
     sampling, best-of-n, ReST and HIR share. Key names and defaults as in
     :class:`OnlineKeys`; docs/selftrain.md."""
@@ -573,12 +575,6 @@ class SamplingKeys:
     prompts: str = ""  # prompt records (JSONL / JSON / Parquet / dataset)
     split: str = "train"
     skip_invalid: bool = False
-    reward_model: list[str] = dataclasses.field(default_factory=list)
-    reward_fn: list[str] = dataclasses.field(default_factory=list)
-    reward_combine: str = "sum"
-    reward_weights: list[float] | None = None
-    safety_threshold: float = 0.15
-    unsafe_field: str = "unsafe"
     samples_per_prompt: int = 8  # K
     max_prompt_length: int = 256
     max_new_tokens: int = 64
@@ -590,22 +586,13 @@ class SamplingKeys:
     score_batch_size: int = 64  # samples per reward call
 
     def validate_sampling(self, reward_required: bool = True) -> None:
-        if not self.prompts:
-            raise ConfigError("key 'prompts': expected a prompt file or dataset (--prompts)")
-        validate_reward_keys(self, reward_required)
-        for key in ("samples_per_prompt", "max_prompt_length", "max_new_tokens",
-                    "generation_batch_size", "score_batch_size"):  # fmt: skip
-            if getattr(self, key) < 1:
-                raise ConfigError(
-                    f"key '{key}': expected an integer >= 1, got {getattr(self, key)}"
-                )
-        if not self.temperature > 0:
-            raise ConfigError(f"key 'temperature': expected a number > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"key 'top_p': expected 0 < x <= 1, got {self.top_p}")
-        for key in ("top_k", "missing_eos_penalty"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"key '{key}': expected a number >= 0, got {getattr(self, key)}")
+        _check_prompts_and_sampling(
+            self,
+            positive=("samples_per_prompt", "max_prompt_length", "max_new_tokens",
+                      "generation_batch_size", "score_batch_size"),
+            non_negative=("top_k", "missing_eos_penalty"),
+            reward_required=reward_required,
+        )  # fmt: skip
 
 
 @dataclasses.dataclass

@@ -134,3 +134,32 @@ def test_llama2_gate_plus_a_function_is_a_weighted_sum(tmp_path, monkeypatch):
     white = (gated - gated.mean()) / gated.std()
     assert parts["llama2"].tolist() == pytest.approx(white.tolist())
     assert total.tolist() == pytest.approx((white + 0.5 * torch.tensor([10.0, 20.0])).tolist())
+
+
+@pytest.mark.parametrize("stage", ["ppo", "grpo", "rejection", "rest", "best_of_n"])
+def test_every_stage_reads_the_same_reward_keys(stage, tmp_path, monkeypatch):
+    """PPO, GRPO and the sampling stages validate and build their reward from the same
+    keys: Llama 2's gated pair plus a checker, the pair counting as one weighted source."""
+    from rlhfkit import config as C
+    from rlhfkit.rollout import rewards
+
+    cls = {"ppo": C.PPOConfig, "grpo": C.GRPOConfig, "rejection": C.RejectionSamplingConfig,
+           "rest": C.ReSTConfig, "best_of_n": C.BestOfNConfig}[stage]  # fmt: skip
+    (tmp_path / "fn.py").write_text(
+        "def bonus(completions, **f):\n    return [1.0] * len(completions)\n", encoding="utf-8"
+    )
+    keys = {"model": "m", "prompts": "p.jsonl", "out": str(tmp_path / "o"),
+            "reward_model": ["help", "safe"], "reward_combine": "llama2",
+            "reward_fn": [f"{tmp_path / 'fn.py'}:bonus"]}  # fmt: skip
+    C.from_dict(cls, {**keys, "reward_weights": [1.0, 0.5]}).validate()
+    with pytest.raises(ConfigError, match="reward_weights': 3 weights for 2"):
+        C.from_dict(cls, {**keys, "reward_weights": [1.0, 1.0, 0.5]}).validate()
+    with pytest.raises(ConfigError, match="llama2 needs exactly two"):
+        C.from_dict(cls, {**keys, "reward_model": ["help"]}).validate()
+
+    made = iter([Fixed([2.0, -1.0], "h"), Fixed([3.0, -3.0], "s")])
+    monkeypatch.setattr(rewards, "ModelReward", lambda *a, **k: next(made))
+    cfg = C.from_dict(cls, {**keys, "reward_weights": [1.0, 0.5], "reward_normalize": False})
+    src = rewards.reward_from_config(cfg)
+    assert isinstance(src, WeightedSum) and isinstance(src.sources[0], SafetyGated)
+    assert src.weights == [1.0, 0.5] and src.normalize is False

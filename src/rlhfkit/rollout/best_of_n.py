@@ -57,7 +57,7 @@ def run_best_of_n(cfg: BestOfNConfig) -> BestOfNSummary:
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
     from rlhfkit.rollout.generation import SamplingParams
     from rlhfkit.rollout.generator import Generator
-    from rlhfkit.rollout.rewards import build_reward_source
+    from rlhfkit.rollout.rewards import reward_from_config
 
     cfg.validate()
     t0 = time.perf_counter()
@@ -65,10 +65,7 @@ def run_best_of_n(cfg: BestOfNConfig) -> BestOfNSummary:
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu")
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_causal_lm(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    reward = build_reward_source(
-        cfg.reward_model, cfg.reward_fn, cfg.reward_combine, cfg.reward_weights,
-        cfg.safety_threshold, cfg.unsafe_field, device=device,
-    )  # fmt: skip
+    reward = reward_from_config(cfg, device)
     params = SamplingParams(
         max_new_tokens=cfg.max_new_tokens,
         do_sample=True,

@@ -358,3 +358,16 @@ def build_reward_source(
     if len(sources) == 1 and (weights is None or list(weights) == [1.0]):
         return sources[0]
     return WeightedSum(sources, weights, normalize=normalize)
+
+
+def reward_from_config(
+    cfg: Any, device: Any = None, reward_models: Sequence[str] | None = None
+) -> RewardSource:
+    """:func:`build_reward_source` from a config's reward keys
+    (:class:`rlhfkit.config.RewardKeys`); ``reward_models`` replaces
+    ``cfg.reward_model`` (a refreshed reward model)."""
+    models = cfg.reward_model if reward_models is None else reward_models
+    return build_reward_source(
+        models, cfg.reward_fn, cfg.reward_combine, cfg.reward_weights, cfg.safety_threshold,
+        cfg.unsafe_field, device=device, normalize=cfg.reward_normalize,
+    )  # fmt: skip

@@ -27,7 +27,7 @@ from rlhfkit.algorithms.ppo import (
 )
 from rlhfkit.config import GRPOConfig
 from rlhfkit.rollout.generator import Rollout
-from rlhfkit.rollout.rewards import build_reward_source
+from rlhfkit.rollout.rewards import reward_from_config
 from rlhfkit.training.loop import LossOutput, TrainResult
 from rlhfkit.training.online import (
     ActorCritic,
@@ -49,11 +49,7 @@ class GRPORun(OnlineRun):
         reference: torch.nn.Module | None,
     ) -> None:
         acc = s.accelerator
-        reward = build_reward_source(
-            cfg.reward_model, cfg.reward_fn, cfg.reward_combine, cfg.reward_weights,
-            cfg.safety_threshold, cfg.unsafe_field, device=acc.device,
-            normalize=cfg.reward_normalize,
-        )  # fmt: skip
+        reward = reward_from_config(cfg, acc.device)
         name = "rloo" if cfg.advantage_estimator == "rloo" else "grpo"
         self.setup_online(cfg, acc, s.tokenizer, s.template, s.train, s.eval, reward, name)
         self.cfg: GRPOConfig = cfg

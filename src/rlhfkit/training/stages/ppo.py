@@ -33,7 +33,7 @@ from rlhfkit.config import PPOConfig
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.reward import load_reward_model
 from rlhfkit.rollout.generator import Rollout
-from rlhfkit.rollout.rewards import build_reward_source
+from rlhfkit.rollout.rewards import reward_from_config
 from rlhfkit.training.loop import LossOutput, TrainResult
 from rlhfkit.training.online import (
     ActorCritic,
@@ -90,10 +90,7 @@ class PPORun(OnlineRun):
         ptx: list | None = None,
     ) -> None:
         acc = s.accelerator
-        reward = build_reward_source(
-            cfg.reward_model, cfg.reward_fn, cfg.reward_combine, cfg.reward_weights,
-            cfg.safety_threshold, cfg.unsafe_field, device=acc.device,
-        )  # fmt: skip
+        reward = reward_from_config(cfg, acc.device)
         self.setup_online(cfg, acc, s.tokenizer, s.template, s.train, s.eval, reward, "ppo")
         self.cfg: PPOConfig = cfg
         self.prepare_model(

@@ -36,7 +36,7 @@ from rlhfkit.config import SamplingKeys, SelfTrainKeys, SFTConfig
 from rlhfkit.data.types import PromptRecord
 from rlhfkit.errors import ConfigError
 from rlhfkit.rollout.candidates import Candidates, sample_candidates, score_candidates
-from rlhfkit.rollout.rewards import RewardSource, build_reward_source
+from rlhfkit.rollout.rewards import RewardSource, reward_from_config
 from rlhfkit.training.loop import TrainResult
 from rlhfkit.training.tracking import MetricsWriter
 
@@ -206,10 +206,7 @@ def reward_source(
     models = list(cfg.reward_model if reward_models is None else reward_models)
     if not models and not cfg.reward_fn:
         return None
-    return build_reward_source(
-        models, cfg.reward_fn, cfg.reward_combine, cfg.reward_weights, cfg.safety_threshold,
-        cfg.unsafe_field, device=device,
-    )  # fmt: skip
+    return reward_from_config(cfg, device, models)
 
 
 def sample_stats(
