@@ -82,14 +82,21 @@ def test_rloo_with_two_weighted_rewards(
     metrics = grpo(
         "rloo", sft_policy.final_dir, arithmetic_prompts, out,
         ["rlhfkit.rewards:exact_answer", "rlhfkit.rewards:overlong_penalty(max_length=8, cache=4)"],
-        "beta=0.0", "loss_type=dapo", "reward_weights=[1.0,0.5]", "max_steps=70",
+        "beta=0.0", "loss_type=dapo", "reward_weights=[1.0,0.5]", "max_steps=120",
+        "learning_rate=2e-4",
     )  # fmt: skip
     scores = evaluate_policy(out / "final", task)[0]
-    print(f"held-out arithmetic accuracy: SFT {sft_accuracy:.3f} -> RLOO {scores.accuracy:.3f}")
-    # Measured 0.608 -> 0.653.
+    rise = reward_rise(metrics, "reward_exact_answer", n=25)
+    print(
+        f"held-out arithmetic accuracy: SFT {sft_accuracy:.3f} -> RLOO {scores.accuracy:.3f}; "
+        f"training exact-answer reward +{rise:.3f}"
+    )
+    # The training reward's rise, last 25 steps against the first 25, measured 0.112 and
+    # 0.118 (seeds 0, 3); its standard error is ~0.018 (per-step sd ~0.065: 16 prompts a
+    # step). 70 steps at lr 1e-4 rose 0.017-0.072 and failed a 0.04 bound once in CI.
+    assert rise >= 0.04, rise
     assert scores.accuracy > sft_accuracy, (sft_accuracy, scores)
-    assert reward_rise(metrics, "reward_exact_answer") >= 0.04
     steps = [m for m in metrics if "reward_exact_answer" in m]
-    assert len(steps) == 70  # each reward function's mean is logged on its own
+    assert len(steps) == 120  # each reward function's mean is logged on its own
     assert all(-1 <= m["reward_overlong_penalty"] <= 0 for m in steps)
     assert "kl" not in steps[0]  # beta = 0: no reference model, no KL
