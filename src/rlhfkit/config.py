@@ -417,6 +417,8 @@ class OnlineKeys(RewardKeys):
     ref_model: str | None = None  # default: the starting model (frozen)
     rollout_batch_size: int = 64  # prompts sampled per step (per process)
     generation_batch_size: int = 0  # prompts per generate call; 0: rollout_batch_size
+    generation_backend: str = "fast"  # fast (rlhfkit's loop, generate's tokens) | hf (generate)
+    GENERATION_BACKENDS: typing.ClassVar[tuple[str, ...]] = ("fast", "hf")
     max_prompt_length: int = 256
     max_new_tokens: int = 64
     temperature: float = 1.0
@@ -443,6 +445,7 @@ class OnlineKeys(RewardKeys):
                           "top_k", "generation_batch_size"),
         )  # fmt: skip
         _choice(self, "kl_estimator", ("k1", "k2", "k3"))
+        _choice(self, "generation_backend", self.GENERATION_BACKENDS)
 
 
 def _check_prompts_and_sampling(

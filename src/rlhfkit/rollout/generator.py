@@ -1,5 +1,6 @@
 """Rollouts for online stages: batched sampling with Hugging Face ``generate`` (KV cache
-on), returning token tensors ready for batched log-prob / value forwards.
+on) or the token-for-token equal decoding loop of :mod:`rlhfkit.rollout.sampler`
+(``backend="fast"``), returning token tensors ready for batched log-prob / value forwards.
 
 Prompts are left-padded, responses right-padded; a response ends at its first EOS,
 which belongs to it (its log-prob is an action and the reward sits on it). A response
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.config import OnlineKeys
 from rlhfkit.data.templates import tokenize_prompt
 from rlhfkit.data.types import Message
 from rlhfkit.rollout.generation import SamplingParams, left_pad
@@ -68,6 +70,10 @@ class Generator:
 
     >>> gen = Generator(tokenizer, template, SamplingParams(max_new_tokens=32, do_sample=True))
     >>> rollout = gen.generate(policy, [[Message("user", "What is 2 + 3?")]])
+
+    ``backend``: ``"hf"`` calls ``model.generate``; ``"fast"`` runs the decoding loop of
+    :func:`rlhfkit.rollout.sampler.fast_generate` (the same tokens for the same seed),
+    which hands back to ``generate`` for models and configs it does not cover.
     """
 
     def __init__(
@@ -76,9 +82,14 @@ class Generator:
         template: str,
         params: SamplingParams,
         max_prompt_length: int = 512,
+        backend: str = "hf",
     ) -> None:
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("generation needs a tokenizer with eos and pad tokens")
+        if backend not in OnlineKeys.GENERATION_BACKENDS:
+            choices = ", ".join(OnlineKeys.GENERATION_BACKENDS)
+            raise ValueError(f"generation_backend {backend!r}: expected one of {choices}")
+        self.backend = backend
         self.tokenizer = tokenizer
         self.template = template
         self.params = params
@@ -108,15 +119,15 @@ class Generator:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         was_training = model.training
         model.eval()
+        kwargs.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=True)
         try:
-            seqs = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                use_cache=True,
-                **kwargs,
-            )
+            seqs = None
+            if self.backend == "fast":
+                from rlhfkit.rollout.sampler import fast_generate  # imports transformers
+
+                seqs = fast_generate(model, ids, mask, **kwargs)
+            if seqs is None:
+                seqs = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         finally:
             model.train(was_training)
         response = seqs[:, ids.shape[1] :]

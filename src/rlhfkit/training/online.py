@@ -232,8 +232,11 @@ class OnlineRun(TrainingRun):
                 top_k=cfg.top_k,
             ),
             cfg.max_prompt_length,
+            backend=cfg.generation_backend,
         )
-        self.prompt_ids = self.generator.encode([r.prompt for r in prompts])
+        # Prompts are chat-templated and tokenized when a step first draws them (TRL
+        # encodes per batch too), not all up front: set-up does not grow with the file.
+        self.prompt_ids: dict[int, list[int]] = {}
         self.schedule = PromptSchedule(
             len(prompts),
             cfg.rollout_batch_size,
@@ -322,8 +325,16 @@ class OnlineRun(TrainingRun):
     def policy_module(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model).policy
 
+    def encoded_prompts(self, idx: Sequence[int]) -> list[list[int]]:
+        """Token ids of prompts ``idx``, encoded on first use and kept."""
+        todo = list(dict.fromkeys(i for i in idx if i not in self.prompt_ids))
+        if todo:
+            encoded = self.generator.encode([self.prompts[i].prompt for i in todo])
+            self.prompt_ids.update(zip(todo, encoded, strict=True))
+        return [self.prompt_ids[i] for i in idx]
+
     def rollout(self, idx: list[int]) -> Rollout:
-        rows = [self.prompt_ids[i] for i in idx]
+        rows = self.encoded_prompts(idx)
         size = self.cfg.generation_batch_size or len(rows)
         policy = self.policy_module()
         parts = [
@@ -574,6 +585,7 @@ class OnlineRun(TrainingRun):
             self.generator.template,
             SamplingParams(max_new_tokens=self.cfg.max_new_tokens),
             self.cfg.max_prompt_length,
+            backend=self.cfg.generation_backend,
         )
         policy = self.policy_module()
         scores, lengths, trunc = [], [], []

@@ -1,0 +1,197 @@
+"""A plain decoding loop that samples exactly the tokens Hugging Face ``generate`` samples.
+
+``generate`` spends most of a small model's decoding step in Python around the forward:
+re-preparing the model inputs, growing the attention mask and position ids by
+concatenation, re-concatenating every layer's KV cache, stopping criteria. This loop
+keeps the same computation and drops the rest:
+
+* the same forward calls: the prompt once (prefill), then one token per step, with the
+  position ids generate derives from the attention mask, the same 2-D attention mask
+  (or none when the prompts have no padding, as generate drops an all-ones mask) and
+  ``logits_to_keep=1``;
+* the same logits processors, built by the model's own ``_get_logits_processor`` from
+  the same generation config (temperature, top-k, top-p and anything the model's
+  ``generation_config`` adds), applied to the float32 copy of the last logits;
+* the same token choice: ``softmax`` then ``torch.multinomial`` (or ``argmax``), finished
+  rows overwritten with the pad token, every row still in the batch (the random stream
+  is consumed as generate consumes it);
+* the KV cache in buffers allocated once for the prompt plus ``max_new_tokens``: each
+  step writes its keys / values in place and the attention reads the filled prefix (the
+  same values and shapes as the concatenated cache; no copy of the cache per token).
+
+It stops when every row has produced EOS or after ``max_new_tokens``. Only architectures
+whose token-for-token parity with ``generate`` is tested run here
+(:data:`FAST_ARCHITECTURES`); anything else (another architecture, a PEFT wrapper, a
+model with its own ``generate``, a generation config asking for beams, stop strings or
+a non-dynamic cache) returns None and the caller uses ``generate``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers import DynamicCache, GenerationMixin
+from transformers.cache_utils import DynamicLayer
+
+log = logging.getLogger("rlhfkit")
+
+# Architectures whose tokens equal generate's (tests/unit/test_fast_sampler.py).
+FAST_ARCHITECTURES = frozenset({"llama", "gpt2", "qwen2"})
+
+
+class BufferLayer(DynamicLayer):
+    """A :class:`DynamicLayer` whose keys / values live in buffers of ``capacity``
+    positions: ``update`` writes the new states in place and returns the filled prefix."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        b, h, _, d = key_states.shape
+        self.device = key_states.device
+        self._k = key_states.new_empty((b, h, self.capacity, d))
+        self._v = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        self._k[:, :, self.length : end] = key_states
+        self._v[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+
+def _unsupported(model: Any) -> str | None:
+    """Why ``model`` cannot use the fast loop, or None when it can."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in FAST_ARCHITECTURES:
+        return f"architecture {model_type!r} is not one of {sorted(FAST_ARCHITECTURES)}"
+    if (
+        not isinstance(model, GenerationMixin)
+        or type(model).generate is not GenerationMixin.generate
+    ):
+        return f"{type(model).__name__} has its own generate"
+    if model.config.is_encoder_decoder:
+        return "encoder-decoder model"
+    return None
+
+
+def _plain_config(cfg: Any) -> str | None:
+    """Why the prepared generation config needs ``generate`` itself, or None."""
+    checks = {
+        "num_beams": cfg.num_beams == 1,
+        "num_return_sequences": (cfg.num_return_sequences or 1) == 1,
+        "cache_implementation": cfg.cache_implementation in (None, "dynamic"),
+        "stop_strings": not cfg.stop_strings,
+        "max_time": cfg.max_time is None,
+        "prefill_chunk_size": cfg.prefill_chunk_size is None,
+        "use_cache": cfg.use_cache,
+        "assistant": getattr(cfg, "assistant_early_exit", None) is None
+        and getattr(cfg, "prompt_lookup_num_tokens", None) is None,
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    return f"generation config sets {', '.join(bad)}" if bad else None
+
+
+_warned: set[str] = set()
+
+
+def _fallback(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        log.info("generation_backend fast: using Hugging Face generate (%s)", reason)
+
+
+@torch.no_grad()
+def fast_generate(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, **gen_kwargs: Any
+) -> torch.Tensor | None:
+    """``model.generate(input_ids=..., attention_mask=..., **gen_kwargs)`` for a
+    left-padded batch, or None when this model or config needs ``generate`` itself.
+
+    Returns the prompt followed by the generated tokens, as ``generate`` does (finished
+    rows padded with the pad token, shorter than ``max_new_tokens`` when every row
+    stopped early)."""
+    reason = _unsupported(model)
+    if reason is None:
+        try:
+            cfg, extra = model._prepare_generation_config(None, **gen_kwargs)
+        except (AttributeError, TypeError, ValueError) as err:
+            reason = f"generation config: {err}"
+    if reason is None:
+        reason = _plain_config(cfg) or (f"unsupported arguments {sorted(extra)}" if extra else None)
+    if reason is not None:
+        _fallback(reason)
+        return None
+    batch, prompt_len = input_ids.shape
+    device = input_ids.device
+    model._prepare_special_tokens(cfg, True, device=device, batch_size=batch)
+    new_tokens = cfg.max_new_tokens
+    if cfg.max_length is not None and new_tokens is None:
+        new_tokens = cfg.max_length - prompt_len
+    processors = model._get_logits_processor(
+        generation_config=cfg,
+        input_ids_seq_length=prompt_len,
+        encoder_input_ids=input_ids,
+        device=device,
+        model_kwargs={"attention_mask": attention_mask},
+    )
+    pad, eos = cfg._pad_token_tensor, cfg._eos_token_tensor
+    capacity = prompt_len + max(new_tokens, 0)
+    seqs = input_ids.new_full((batch, capacity), int(pad) if pad is not None else 0)
+    seqs[:, :prompt_len] = input_ids
+    # generate's position ids: from the mask, 0 on padding; an all-ones mask is dropped.
+    positions = attention_mask.long().cumsum(-1) - 1
+    positions = positions.masked_fill(attention_mask == 0, 0)
+    mask = None
+    if not bool((attention_mask == 1).all()):
+        mask = attention_mask.new_ones((batch, capacity))
+        mask[:, :prompt_len] = attention_mask
+    # generate's cache, with each layer's growing tensors replaced by fixed buffers
+    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+        _fallback("cache layers other than DynamicLayer (sliding window, linear attention)")
+        return None
+    cache.layers = [BufferLayer(capacity) for _ in cache.layers]
+    keep = {"logits_to_keep": 1} if model._supports_logits_to_keep() else {}
+    unfinished = torch.ones(batch, dtype=torch.long, device=device)
+    step_ids, step_pos, length = input_ids, positions, prompt_len
+    for _ in range(new_tokens):
+        out = model(
+            input_ids=step_ids,
+            attention_mask=None if mask is None else mask[:, :length],
+            position_ids=step_pos,
+            cache=cache,
+            use_cache=True,
+            return_dict=True,
+            **keep,
+        )
+        logits = out.logits[:, -1].to(copy=True, dtype=torch.float32, device=device)
+        del out
+        scores = processors(seqs[:, :length], logits)
+        if cfg.do_sample:
+            probs = torch.nn.functional.softmax(scores, dim=-1)
+            tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+        else:
+            tokens = torch.argmax(scores, dim=-1)
+        if eos is not None:
+            tokens = tokens * unfinished + pad * (1 - unfinished)
+        seqs[:, length] = tokens
+        length += 1
+        if eos is not None:
+            unfinished = unfinished & ~torch.isin(tokens, eos)
+            if unfinished.max() == 0:
+                break
+        step_ids, step_pos = tokens[:, None], step_pos[:, -1:] + 1
+    return seqs[:, :length]
