@@ -2,7 +2,8 @@
 
 Usage::
 
-    python bench/grpo.py [--steps N] [--prompts-per-step P] [--generations G] [--beta B] [--out DIR]
+    python bench/grpo.py [--steps N] [--prompts-per-step P] [--generations G] [--beta B]
+                         [--generation-backend fast|hf] [--out DIR]
 
 The fixed config: a tiny llama built with ``build_tiny`` from the task corpus (vocab
 512, hidden 128, 4 layers, seed 0) as the policy (and, with ``beta > 0``, the frozen
@@ -10,7 +11,9 @@ reference); the built-in task's arithmetic training prompts; the built-in exact-
 checker ``rlhfkit.rewards:exact_answer`` as the reward (scoring costs no model);
 16 prompts x 8 generations per step, 24 new tokens sampled at temperature 1, one
 optimizer step per rollout (``batch_size`` 128, ``ppo_epochs`` 1: the old log-probs
-are the current ones, no extra forward); 20 steps; lr 1e-6; beta 0.04; seed 0.
+are the current ones, no extra forward); 20 steps; lr 1e-6; beta 0.04; seed 0;
+``generation_backend`` fast (rlhfkit's decoding loop; ``hf``: Hugging Face ``generate``,
+the same tokens).
 
 Reported: seconds per GRPO step (median over steps 2..N, the first warms up), split into
 generation / scoring / batched forwards (reference and, with beta > 0, old log-probs)
@@ -37,6 +40,7 @@ def main() -> None:
     ap.add_argument("--prompts-per-step", type=int, default=16)
     ap.add_argument("--generations", type=int, default=8)
     ap.add_argument("--beta", type=float, default=0.04)
+    ap.add_argument("--generation-backend", choices=("fast", "hf"), default="fast")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="rlhfkit-bench-grpo-"))
@@ -64,6 +68,7 @@ def main() -> None:
         out=str(work / "run"), max_steps=args.steps, rollout_batch_size=args.prompts_per_step,
         num_generations=args.generations, batch_size=rows_per_step, max_new_tokens=24,
         beta=args.beta, seed=0, max_length=128, sample_every=10_000,
+        generation_backend=args.generation_backend,
     )  # fmt: skip
     t1 = time.perf_counter()
     run_grpo(cfg, overwrite=True)
@@ -78,6 +83,7 @@ def main() -> None:
             "prompts_per_step": args.prompts_per_step,
             "num_generations": args.generations,
             "beta": args.beta,
+            "generation_backend": args.generation_backend,
             "max_new_tokens": 24,
             "batch_size": rows_per_step,
         },
