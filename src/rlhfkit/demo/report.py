@@ -24,6 +24,7 @@ COLUMNS = (
     ("refusal (benign)", "refusal_benign", "{:.2f}", "refuses\nbenign"),
     ("KL to SFT", "kl", "{:.2f}", "KL"),
     ("length", "response_length", "{:.1f}", "len"),
+    ("training wall time (min)", "train_min", "{:.1f}", "train\nmin"),
     ("BLEU", "bleu", "{:.1f}", None),
     ("ROUGE-L", "rouge_l", "{:.3f}", None),
 )
@@ -42,8 +43,10 @@ def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, res in summary["results"].items():
         gold = res.get("gold") or {}
+        timing = summary.get("timings", {}).get(name)  # the step that trained the policy
         values = {**gold, "kl": res.get("kl"), "response_length": res.get("response_length"),
-                  "bleu": res.get("bleu"), "rouge_l": res.get("rouge_l")}  # fmt: skip
+                  "bleu": res.get("bleu"), "rouge_l": res.get("rouge_l"),
+                  "train_min": timing["wall_s"] / 60 if timing else None}  # fmt: skip
         cells = [name]
         for _, key, fmt, _ in COLUMNS:
             if key == "win_rate":
@@ -76,7 +79,15 @@ def print_summary(console: Any, summary: dict[str, Any]) -> None:
         table.add_column(COLUMNS[i][3], justify="right", no_wrap=True)
     for row in summary_rows(summary):
         table.add_row(row[0], *(row[i + 1] for i in shown))
-    console.print(table)
+    # never truncate a number: wider than the console (80 columns when not a terminal)
+    # when the table needs it
+    natural = console.measure(table, options=console.options.update_width(400)).maximum
+    width = console.width
+    console.width = max(width, natural)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
     console.print(
         f"wall time {summary['wall_s'] / 60:.1f} min, CPU time {summary['cpu_s'] / 60:.1f} min "
         "(of the steps run now; reused steps not counted)"
