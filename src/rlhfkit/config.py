@@ -406,25 +406,32 @@ class RewardKeys:
 
 
 @dataclasses.dataclass
-class OnlineKeys(RewardKeys):
-    """Prompts, sampling and rewards: what every online stage (PPO, GRPO, ...) shares.
-    Defaults and their sources: docs/ppo.md."""
+class PromptSamplingKeys(RewardKeys):
+    """Prompts, how responses are sampled for them, and the reward: what online stages
+    (:class:`OnlineKeys`) and sampling stages (:class:`SamplingKeys`) share."""
 
     prompts: str = ""  # prompt records (JSONL / JSON / Parquet / dataset)
-    eval_prompts: str | None = None  # evaluated every eval_every steps (greedy)
     split: str = "train"
     skip_invalid: bool = False
-    ref_model: str | None = None  # default: the starting model (frozen)
-    rollout_batch_size: int = 64  # prompts sampled per step (per process)
-    generation_batch_size: int = 0  # prompts per generate call; 0: rollout_batch_size
-    generation_backend: str = "fast"  # fast (rlhfkit's loop, generate's tokens) | hf (generate)
-    GENERATION_BACKENDS: typing.ClassVar[tuple[str, ...]] = ("fast", "hf")
     max_prompt_length: int = 256
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     missing_eos_penalty: float = 0.0  # subtracted from the score of responses without EOS
+
+
+@dataclasses.dataclass
+class OnlineKeys(PromptSamplingKeys):
+    """Prompts, sampling and rewards: what every online stage (PPO, GRPO, ...) shares.
+    Defaults and their sources: docs/ppo.md."""
+
+    eval_prompts: str | None = None  # evaluated every eval_every steps (greedy)
+    ref_model: str | None = None  # default: the starting model (frozen)
+    rollout_batch_size: int = 64  # prompts sampled per step (per process)
+    generation_batch_size: int = 0  # prompts per generate call; 0: rollout_batch_size
+    generation_backend: str = "fast"  # fast (rlhfkit's loop, generate's tokens) | hf (generate)
+    GENERATION_BACKENDS: typing.ClassVar[tuple[str, ...]] = ("fast", "hf")
     kl_coef: float = 0.05
     kl_estimator: str = "k1"  # k1 | k2 | k3
     reward_norm: bool = False  # scores normalised by running mean / std
@@ -570,21 +577,12 @@ SELECTION_RULES = ("best", "top_fraction", "all")
 
 
 @dataclasses.dataclass
-class SamplingKeys(RewardKeys):
+class SamplingKeys(PromptSamplingKeys):
     """Prompts, K samples per prompt and the reward that ranks them: what rejection
     sampling, best-of-n, ReST and HIR share. Key names and defaults as in
     :class:`OnlineKeys`; docs/selftrain.md."""
 
-    prompts: str = ""  # prompt records (JSONL / JSON / Parquet / dataset)
-    split: str = "train"
-    skip_invalid: bool = False
     samples_per_prompt: int = 8  # K
-    max_prompt_length: int = 256
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    missing_eos_penalty: float = 0.0  # subtracted from the score of responses without EOS
     generation_batch_size: int = 64  # sequences per generate call
     score_batch_size: int = 64  # samples per reward call
 
