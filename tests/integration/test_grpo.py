@@ -83,7 +83,6 @@ def test_rloo_with_two_weighted_rewards(
         "rloo", sft_policy.final_dir, arithmetic_prompts, out,
         ["rlhfkit.rewards:exact_answer", "rlhfkit.rewards:overlong_penalty(max_length=8, cache=4)"],
         "beta=0.0", "loss_type=dapo", "reward_weights=[1.0,0.5]", "max_steps=120",
-        "learning_rate=2e-4",
     )  # fmt: skip
     scores = evaluate_policy(out / "final", task)[0]
     rise = reward_rise(metrics, "reward_exact_answer", n=25)
@@ -91,10 +90,12 @@ def test_rloo_with_two_weighted_rewards(
         f"held-out arithmetic accuracy: SFT {sft_accuracy:.3f} -> RLOO {scores.accuracy:.3f}; "
         f"training exact-answer reward +{rise:.3f}"
     )
-    # The training reward's rise, last 25 steps against the first 25, measured 0.112 and
-    # 0.118 (seeds 0, 3); its standard error is ~0.018 (per-step sd ~0.065: 16 prompts a
-    # step). 70 steps at lr 1e-4 rose 0.017-0.072 and failed a 0.04 bound once in CI.
-    assert rise >= 0.04, rise
+    # The training reward's rise, last 25 steps against the first 25: measured 0.074 and
+    # 0.102 (seeds 0, 1), held-out accuracy 0.665 -> 0.700 and 0.742; the rise's standard
+    # error is ~0.018 (per-step sd ~0.065: 16 prompts a step). 70 steps rose 0.017-0.072
+    # (a 0.04 bound failed once in CI); lr 2e-4 rose 0.11 on the training prompts but
+    # lowered held-out accuracy (0.617, 0.648).
+    assert rise >= 0.03, rise
     assert scores.accuracy > sft_accuracy, (sft_accuracy, scores)
     steps = [m for m in metrics if "reward_exact_answer" in m]
     assert len(steps) == 120  # each reward function's mean is logged on its own

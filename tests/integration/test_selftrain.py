@@ -227,16 +227,18 @@ def contrastive_loss(model_dir: Path, groups) -> float:
 def test_hir_contrastive_term_is_what_lowers_the_contrastive_loss(sft_policy, files):
     """The same samples and relabels fine-tuned with and without the contrastive term:
     only with it does each output become clearly likelier under its own relabeled prompt
-    than under its group's other prompts. Measured on the training groups: 0.448 (SFT),
-    0.391 (plain HIR), 0.368 (contrastive weight 1). A flipped sign would raise it above
-    plain HIR's. (Gold is not asserted: the term lowered it on this task, docs/selftrain.md.)"""
+    than under its group's other prompts. Measured on the training groups, 6 epochs:
+    0.447 (SFT), 0.374 (plain HIR), 0.320 (contrastive weight 1); with 3 epochs the gap
+    was 0.023 on one SFT model and 0.003 on another (0.404 / 0.401). A flipped sign would
+    raise it above plain HIR's. (Gold is not asserted: the term lowered it on this task,
+    docs/selftrain.md.)"""
     runs = {}
     # about 16 pairs a step both ways (with the term, batch_size counts source prompts)
     for weight, batch in ((0.0, 16), (1.0, 4)):
         out = files["tmp"] / f"hir-w{weight:g}"
         run_stage(
             "hir", sft_policy.final_dir, files["small"], out, "relabel_fn=rlhfkit.demo.relabel:relabel",
-            f"contrastive_weight={weight}", "epochs=3", f"batch_size={batch}", "log_every=3",
+            f"contrastive_weight={weight}", "epochs=6", f"batch_size={batch}", "log_every=3",
         )  # fmt: skip
         runs[weight] = out
     groups = relabeled_groups(runs[1.0] / "round-1" / "train.jsonl")
@@ -249,7 +251,7 @@ def test_hir_contrastive_term_is_what_lowers_the_contrastive_loss(sft_policy, fi
     print(
         f"HIR contrastive loss on its training groups: SFT {sft:.3f}, plain {plain:.3f}, with the term {contrastive:.3f}"
     )
-    assert contrastive < plain and contrastive < sft - 0.05
+    assert contrastive < plain - 0.02 and contrastive < sft - 0.05
     logged = read_metrics(runs[1.0] / "round-1" / "sft" / "metrics.jsonl")
     assert {"nll", "contrastive", "contrastive_accuracy", "ppl"} <= set(logged[-1])
 
@@ -264,10 +266,10 @@ def test_best_of_n_picks_better_responses(sft_policy, task, files):
     assert "best-of-4 on 500 prompts" in res.output
     rows = read_jsonl(out)
     assert len(rows) == 500
-    for row in rows:
-        assert (
-            row["score"] == max(row["scores"]) and row["response"] == row["responses"][row["best"]]
-        )
+    for row in rows:  # empty responses score None (never chosen) in the output
+        scored = [s for s in row["scores"] if s is not None]
+        assert row["score"] == max(scored) and row["response"] == row["responses"][row["best"]]
+        assert all(row["responses"][i] for i, s in enumerate(row["scores"]) if s is not None)
 
     def gold(row, text):
         g = task.gold(row["prompt"][0]["content"], text)
