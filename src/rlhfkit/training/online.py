@@ -133,12 +133,67 @@ class Experience:
         return replace(self, **out)
 
 
+# Architectures whose shared-prompt forward is tested against the full forward
+# (tests/unit/test_shared_prefix.py).
+SHARED_PREFIX_ARCHITECTURES = frozenset({"llama", "gpt2", "qwen2"})
+
+
+def shared_prompts(exp: Experience) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(first, inverse)`` when the rows' prompts repeat (GRPO's G samples per prompt):
+    ``first`` the row index of each distinct prompt, ``inverse`` each row's prompt; None
+    when fewer than two rows share a prompt on average (nothing worth sharing)."""
+    p = exp.prompt_len
+    if p == 0:
+        return None
+    key = torch.cat([exp.input_ids[:, :p], exp.attention_mask[:, :p].long()], dim=1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    n_rows, n_prompts = key.shape[0], int(inverse.max()) + 1
+    if 2 * n_prompts > n_rows:
+        return None
+    rows = torch.arange(n_rows, device=inverse.device)
+    first = torch.full((n_prompts,), n_rows, dtype=rows.dtype, device=rows.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
+    return first, inverse
+
+
+def _model_type(model: torch.nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
 def forward_response(
     model: torch.nn.Module, exp: Experience, hidden: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits at the positions that predict each response token ``(B, R, V)`` (only
     those are computed: ``logits_to_keep``), and the last hidden states at the same
-    positions when ``hidden``."""
+    positions when ``hidden``.
+
+    Rows that share a prompt (GRPO's samples of one prompt) run the prompt once: the
+    distinct prompts' forward fills a KV cache, each row gets its prompt's keys and
+    values (gradients flow back through the selection), and the responses run on it.
+    The same attention, positions and masks as one forward over prompt + response, in
+    fewer operations (:func:`forward_shared_prompt`)."""
+    shared = shared_prompts(exp) if _can_share(model) else None
+    if shared is not None:
+        out = forward_shared_prompt(model, exp, *shared, hidden=hidden)
+        if out is not None:
+            return out
+    return forward_full(model, exp, hidden)
+
+
+def _can_share(model: torch.nn.Module) -> bool:
+    """A tested architecture, and no activation checkpointing in training (it turns
+    the KV cache off)."""
+    if _model_type(model) not in SHARED_PREFIX_ARCHITECTURES:
+        return False
+    return not (
+        model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    )
+
+
+def forward_full(
+    model: torch.nn.Module, exp: Experience, hidden: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`forward_response` as one forward over prompt + response per row."""
     r = exp.response_ids.shape[1]
     out = model(
         input_ids=exp.input_ids,
@@ -151,6 +206,45 @@ def forward_response(
     logits = out.logits[:, :-1]
     h = out.hidden_states[-1][:, -r - 1 : -1] if hidden else None
     return logits, h
+
+
+def forward_shared_prompt(
+    model: torch.nn.Module,
+    exp: Experience,
+    first: torch.Tensor,
+    inverse: torch.Tensor,
+    hidden: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """:func:`forward_response` with each distinct prompt run once (see there); None
+    when the model returned no KV cache."""
+    p, r = exp.prompt_len, exp.response_ids.shape[1]
+    head = model(
+        input_ids=exp.input_ids[first, :p],
+        attention_mask=exp.attention_mask[first, :p],
+        position_ids=exp.position_ids[first, :p],
+        use_cache=True,
+        logits_to_keep=1,
+        output_hidden_states=hidden,
+    )
+    logits = [head.logits[:, -1:][inverse]]  # the last prompt position predicts token 0
+    states = [head.hidden_states[-1][:, -1:][inverse]] if hidden else []
+    if r > 1:  # the response's last token predicts nothing: it is not an input
+        cache = getattr(head, "cache", None)
+        if cache is None or not hasattr(cache, "batch_select_indices"):
+            return None
+        cache.batch_select_indices(inverse)
+        tail = model(
+            input_ids=exp.input_ids[:, p : p + r - 1],
+            attention_mask=exp.attention_mask[:, : p + r - 1],
+            position_ids=exp.position_ids[:, p : p + r - 1],
+            cache=cache,
+            use_cache=True,
+            output_hidden_states=hidden,
+        )
+        logits.append(tail.logits)
+        if hidden:
+            states.append(tail.hidden_states[-1])
+    return torch.cat(logits, dim=1), (torch.cat(states, dim=1) if hidden else None)
 
 
 class ActorCritic(torch.nn.Module):
