@@ -42,6 +42,7 @@ class Annotator(threading.Thread):
         self.duplicates = 0
         self.latencies: list[float] = []
         self.error: BaseException | None = None
+        self.ended = ""  # why the loop ended without an error
 
     def submit(self, api: ApiClient, aid: int, sid: str, answer: dict) -> dict | None:
         """Submit until acknowledged (and get the next assignment): a first try that
@@ -76,6 +77,7 @@ class Annotator(threading.Thread):
                 if self.rng.random() < 0.1:  # a double click: the same submission again
                     assert self.submit(api, assignment["id"], sid, answer) == following
                 assignment = following
+            self.ended = "no assignment" if assignment is None else "stopped"
         except (httpx.TransportError, httpx.HTTPStatusError) as e:
             self.error = e
 
@@ -147,7 +149,8 @@ def test_sigkill_loses_no_acknowledged_judgment(tmp_path, task, backend):
             w.join(timeout=30)
         acked = set().union(*(w.acked for w in workers))
         assert len(acked) >= 60
-        assert all(w.error is not None for w in workers)  # they were cut off mid-run
+        state = [(w.name, w.is_alive(), w.ended, repr(w.error), len(w.acked)) for w in workers]
+        assert all(w.error is not None for w in workers), state  # cut off mid-run
         restarted = Server(db, tmp_path / "server2.log", port=server.port).start()
         try:
             stored = stored_ids(db)
