@@ -40,6 +40,14 @@ def tiny_gpt2(tmp_path_factory, task) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory, task) -> Path:
+    from rlhfkit.models.tiny import TinySpec, build_tiny
+
+    spec = TinySpec(arch="qwen2", hidden=96, layers=2)
+    return build_tiny(tmp_path_factory.mktemp("tiny-qwen2"), spec, task.corpus())
+
+
+@pytest.fixture(scope="session")
 def sft_data(tmp_path_factory, task) -> Path:
     """3,000 noisy demonstrations of the built-in task, in prompt/answer form."""
     rows = [

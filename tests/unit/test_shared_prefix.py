@@ -24,14 +24,6 @@ from rlhfkit.training.online import (
 QUESTIONS = ["What is 2 + 3?", "What is 17 + 25? Please answer with the number only.", "Hi."]
 
 
-@pytest.fixture(scope="module")
-def tiny_qwen2(tmp_path_factory, task):
-    from rlhfkit.models.tiny import TinySpec, build_tiny
-
-    spec = TinySpec(arch="qwen2", hidden=96, layers=2)
-    return build_tiny(tmp_path_factory.mktemp("tiny-qwen2"), spec, task.corpus())
-
-
 @pytest.fixture(scope="module", params=["llama", "gpt2", "qwen2"])
 def model_and_tok(request):
     from transformers import AutoModelForCausalLM, AutoTokenizer
