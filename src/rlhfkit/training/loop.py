@@ -15,6 +15,7 @@ parallelism give the same gradient as one big batch.
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import time
@@ -183,7 +184,7 @@ class TrainResult:
     best: dict[str, float] | None = None  # eval metrics (and step) of the model in final/
 
 
-class TrainingRun:
+class TrainingRun(abc.ABC):
     """The loop shared by every stage: steps, periodic evaluation, logging windows,
     ``metrics.jsonl``, progress, atomic checkpoints, exact resume and ``final/``.
 
@@ -205,11 +206,12 @@ class TrainingRun:
     best: dict[str, float] | None = None
 
     # -- what a subclass provides ---------------------------------------------
-    def begin(self, step: int) -> None:
+    def begin(self, step: int) -> None:  # noqa: B027 - an optional hook
         """Position the data source so the next :meth:`train_step` is step ``step + 1``."""
 
+    @abc.abstractmethod
     def train_step(self) -> dict[str, float]:
-        raise NotImplementedError
+        """One optimizer step; returns its metrics."""
 
     def evaluate(self) -> dict[str, float]:
         return {}
@@ -224,10 +226,10 @@ class TrainingRun:
         """JSON-able state beyond what accelerate saves (controllers, running stats)."""
         return {}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any]) -> None:  # noqa: B027 - an optional hook
         """Undo :meth:`extra_state` on resume."""
 
-    def after_step(self, step: int, stats: dict[str, float]) -> None:
+    def after_step(self, step: int, stats: dict[str, float]) -> None:  # noqa: B027 - an optional hook
         """Called on every process after each step (samples, warnings)."""
 
     # -- helpers ----------------------------------------------------------------

@@ -10,6 +10,7 @@ A stage subclass supplies :meth:`OnlineRun.make_experience` and :meth:`OnlineRun
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
 from collections.abc import Sequence
@@ -512,14 +513,16 @@ class OnlineRun(TrainingRun):
             zeros,
         )
 
+    @abc.abstractmethod
     def make_experience(
         self, rollout: Rollout, scores: torch.Tensor
     ) -> tuple[Experience, dict[str, float]]:
-        raise NotImplementedError
+        """The scored rollout as an :class:`Experience` (advantages, old / reference
+        log-probs, values) and its metrics."""
 
+    @abc.abstractmethod
     def loss(self, model: torch.nn.Module, mb: Experience) -> LossOutput:
         """Token-summed loss of a micro-batch and metric sums (over its tokens)."""
-        raise NotImplementedError
 
     def extra_backward(self, model: torch.nn.Module) -> dict[str, float]:
         """Extra losses per optimizer step, backpropagated before the minibatch (PPO-ptx)."""
