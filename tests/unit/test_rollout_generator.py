@@ -374,3 +374,20 @@ def test_global_whiten_hand_values() -> None:
     out = global_whiten(OneProcess(), x, mask)  # type: ignore[arg-type]
     expected = [[-1.2649111, -0.6324555, 0.0, 0.0], [0.6324555, 1.2649111, 0.0, 0.0]]
     torch.testing.assert_close(out, torch.tensor(expected), atol=1e-5, rtol=0)
+
+
+def test_encode_left_truncates_long_prompts_and_counts_them(tiny, caplog) -> None:
+    _, tok, template = tiny
+    full = [tokenize_prompt(tok, template, p, 512) for p in PROMPTS]
+    limit = sorted(len(f) for f in full)[len(full) // 2]  # about half are longer
+    gen = Generator(tok, template, SamplingParams(max_new_tokens=MAX_NEW), limit)
+    with caplog.at_level("WARNING", logger="rlhfkit"):
+        ids = gen.encode(PROMPTS)
+        gen.encode(PROMPTS)
+    assert ids == [f[-limit:] for f in full]  # the end (the assistant turn) is kept
+    cut = sum(len(f) > limit for f in full)
+    assert cut > 0 and gen.truncated_prompts == 2 * cut
+    assert (
+        f"{cut} of {len(PROMPTS)} prompts were longer than max_prompt_length={limit}" in caplog.text
+    )
+    assert f"({2 * cut} so far)" in caplog.text

@@ -9,6 +9,8 @@ that hits ``max_new_tokens`` without EOS is marked ``truncated``.
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +20,8 @@ from rlhfkit.config import OnlineKeys
 from rlhfkit.data.templates import tokenize_prompt
 from rlhfkit.data.types import Message
 from rlhfkit.rollout.generation import SamplingParams, left_pad
+
+log = logging.getLogger("rlhfkit")
 
 
 @dataclass
@@ -94,12 +98,21 @@ class Generator:
         self.template = template
         self.params = params
         self.max_prompt_length = max_prompt_length
+        self.truncated_prompts = 0  # prompts left-truncated so far (counted, warned)
 
     def encode(self, prompts: Sequence[Sequence[Message]]) -> list[list[int]]:
-        return [
-            tokenize_prompt(self.tokenizer, self.template, p, self.max_prompt_length)
-            for p in prompts
-        ]
+        """Token ids of each prompt, left-truncated to ``max_prompt_length`` (the cut
+        prompts are counted in ``truncated_prompts`` and warned about)."""
+        full = [tokenize_prompt(self.tokenizer, self.template, p, sys.maxsize) for p in prompts]
+        cut = sum(len(ids) > self.max_prompt_length for ids in full)
+        if cut:
+            self.truncated_prompts += cut
+            log.warning(
+                "%d of %d prompts were longer than max_prompt_length=%d tokens and lost their "
+                "start (%d so far); raise max_prompt_length to keep them whole",
+                cut, len(full), self.max_prompt_length, self.truncated_prompts,
+            )  # fmt: skip
+        return [ids[-self.max_prompt_length :] for ids in full]
 
     def generate(self, model, prompts: Sequence[Sequence[Message]]) -> Rollout:
         """Sample one response per prompt conversation."""
