@@ -72,12 +72,16 @@ def press(driver, *keys: str) -> None:
         body.send_keys(key)
 
 
-def wait_for_saved(driver, old_url: str) -> None:
+def wait_until(driver, condition) -> None:
+    """A key press that submits a form returns before the browser navigates: wait
+    for the page the test expects instead of reading the URL at once."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 15).until(
-        lambda d: d.current_url != old_url and "saved=" in d.current_url
-    )
+    WebDriverWait(driver, 15).until(condition)
+
+
+def wait_for_saved(driver, old_url: str) -> None:
+    wait_until(driver, lambda d: d.current_url != old_url and "saved=" in d.current_url)
 
 
 def judgments(db: str) -> list[Judgment]:
@@ -98,7 +102,7 @@ def test_keyboard_labeling_in_chromium(browser, project, tmp_path):
         browser.get(server.url + "/login")
         browser.find_element(By.NAME, "name").send_keys("alice")
         browser.find_element(By.NAME, "password").send_keys("password-alice", Keys.ENTER)
-        assert "/task/" in browser.current_url
+        wait_until(browser, lambda d: "/task/" in d.current_url)
         assert browser.find_element(By.ID, "response-A").is_displayed()
         if os.environ.get("RLHFKIT_UPDATE_SCREENSHOT") == "1":
             press(browser, "a", "2")  # show a half-filled form in the picture
@@ -126,9 +130,7 @@ def test_keyboard_labeling_in_chromium(browser, project, tmp_path):
         assert len(judgments(db)) == 2
         url = browser.current_url
         press(browser, "u")
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        WebDriverWait(browser, 15).until(lambda d: d.current_url != url)
+        wait_until(browser, lambda d: d.current_url != url)
         assert len(judgments(db)) == 1  # retracted (still stored, append-only)
         url = browser.current_url
         press(browser, "s", "b", "3", "h", "b", "4", Keys.ENTER)  # dimensions in any order
@@ -142,14 +144,17 @@ def test_keyboard_labeling_in_chromium(browser, project, tmp_path):
         # 3: the ranking page: "1".."4" rank the selected response and move down
         # (helpfulness, with a tie); "s" switches to safety, then a drag of the last
         # response to the top ranks safety by the new order
-        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-page") == "ranking"
+        wait_until(
+            browser,
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-page") == "ranking",
+        )
         assert "<script>alert(1)</script>" in browser.find_element(By.ID, "ranking").text
         url = browser.current_url
         press(browser, "1", "2", "2", "4", "s")
         browser.execute_script(DRAG_LAST_TO_TOP)
         press(browser, Keys.ENTER)
         wait_for_saved(browser, url)
-        assert "Nothing left for you" in browser.page_source
+        wait_until(browser, lambda d: "Nothing left for you" in d.page_source)
         ranking = judgments(db)[2]
         assert ranking.answer == {"helpfulness": [1, 2, 2, 4], "safety": [2, 3, 4, 1]}
 
