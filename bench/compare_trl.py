@@ -13,13 +13,14 @@ and DPO), written once as JSONL in each framework's format (rlhfkit records;
 TRL's conversational prompt / completion and prompt / chosen / rejected columns,
 so TRL applies the same chat template). The same hyper-parameters on both sides:
 batch B pairs or examples, max length 64 (nothing is truncated), N optimizer
-steps, AdamW (torch, betas 0.9 / 0.999, eps 1e-8, no weight decay), cosine
-schedule without warm-up, gradient clipping at 1.0, seed 0, ``--threads`` torch
-threads (default 1: on a 2-core machine shared with other work, one thread per
-side is far steadier than two fighting over the cores), fp32 (TRL's defaults
-of bf16 autocast and gradient checkpointing are turned off: rlhfkit uses neither),
-no packing, right padding to the longest row of the batch, dataloader workers 0,
-no evaluation, no checkpoint, one log line at the end. TRL's data order is set to
+steps, AdamW (torch's fused kernel on both sides, TRL's own default; betas
+0.9 / 0.999, eps 1e-8, no weight decay), cosine schedule without warm-up,
+gradient clipping at 1.0, seed 0, ``--threads`` torch threads (default 1: on a
+2-core machine shared with other work, one thread per side is far steadier
+than two fighting over the cores), fp32 (TRL's defaults of bf16 autocast and
+gradient checkpointing are turned off: rlhfkit uses neither), no packing,
+right padding to the longest row of the batch, dataloader workers 0, no
+evaluation, no checkpoint, one log line at the end. TRL's data order is set to
 rlhfkit's (``EpochSampler``: ``randperm`` seeded with ``seed * 100003 + epoch``), so
 both sides train on the same batches and their loss curves can be compared step
 by step (``loss_curve_max_abs_diff``); N * B must fit in one epoch.
@@ -337,7 +338,7 @@ def trl_child(spec: dict, clock: harness.StepClock) -> None:
         "bf16": False,
         "fp16": False,
         "gradient_checkpointing": False,
-        "optim": "adamw_torch",
+        "optim": "adamw_torch_fused",  # what rlhfkit uses (and TRL defaults to)
         "dataloader_num_workers": 0,
         "report_to": "none",
         "save_strategy": "no",
