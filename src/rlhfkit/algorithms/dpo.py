@@ -154,26 +154,18 @@ def token_logps(
     """Log-prob of every labelled next token: ``log p(y_{t+1} | y_<=t)`` at ``[:, t]``.
 
     ``logits[:, t]`` predicts ``labels[:, t + 1]`` (shapes ``(B, T, V)`` and ``(B, T)``).
-    Each token log-prob is ``logit[y] - logsumexp(logits)`` in float32, over chunks of
-    rows of at most :data:`LOGSUMEXP_CHUNK` logits, so the full ``(B, T, V)``
-    log-softmax is never materialised. Returns float32 ``(B, T - 1)`` log-probs
-    (0 where the label is ``ignore_index``, differentiable) and the bool mask of
-    labelled positions.
+    Only the labelled positions go through :func:`selected_token_logps` (float32,
+    chunked), so the full ``(B, T, V)`` log-softmax is never materialised. Returns
+    float32 ``(B, T - 1)`` log-probs (0 where the label is ``ignore_index``,
+    differentiable) and the bool mask of labelled positions.
     """
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != ignore_index
-    safe_labels = shift_labels.masked_fill(~mask, 0).unsqueeze(-1)
-    b, t, v = logits.shape
-    if b == 0 or t < 2:
-        return logits.new_zeros(mask.shape, dtype=torch.float32), mask
-    rows = max(1, LOGSUMEXP_CHUNK // ((t - 1) * v))
-    parts = []
-    for start in range(0, b, rows):
-        chunk = logits[start : start + rows, :-1, :].float()
-        picked = chunk.gather(-1, safe_labels[start : start + rows]).squeeze(-1)
-        parts.append(picked - torch.logsumexp(chunk, dim=-1))
-    per_token = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return torch.where(mask, per_token, 0.0), mask
+    mask = labels[:, 1:] != ignore_index
+    out = logits.new_zeros(mask.shape, dtype=torch.float32)
+    if mask.any():
+        out = out.masked_scatter(
+            mask, selected_token_logps(logits[:, :-1][mask], labels[:, 1:][mask])
+        )
+    return out, mask
 
 
 def sequence_logps(
@@ -187,6 +179,33 @@ def sequence_logps(
     """
     per_token, mask = token_logps(logits, labels, ignore_index)
     return per_token.sum(dim=-1), mask.sum(dim=-1)
+
+
+def selected_token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[target]`` of ``N`` selected positions: ``(N, V)`` logits
+    and ``(N,)`` targets in, float32 ``(N,)`` out (differentiable), computed as
+    ``logit[y] - logsumexp(logits)`` over chunks of at most :data:`LOGSUMEXP_CHUNK`
+    logits."""
+    if logits.size(0) == 0:
+        return logits.new_zeros(0, dtype=torch.float32)
+    rows = max(1, LOGSUMEXP_CHUNK // logits.size(-1))
+    parts = []
+    for start in range(0, logits.size(0), rows):
+        chunk = logits[start : start + rows].float()
+        picked = chunk.gather(-1, targets[start : start + rows].unsqueeze(-1)).squeeze(-1)
+        parts.append(picked - torch.logsumexp(chunk, dim=-1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def grouped_logps(
+    logits: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and token counts per sequence of ``N`` selected positions:
+    position ``i`` (logits ``(N, V)``, target ``(N,)``) counts for sequence
+    ``owner[i]`` in ``0 .. n - 1``. Returns float32 ``(n,)`` and long ``(n,)``."""
+    per_token = selected_token_logps(logits, targets)
+    logps = per_token.new_zeros(n).index_add(0, owner, per_token)
+    return logps, torch.bincount(owner, minlength=n)
 
 
 def segment_logps(
@@ -204,7 +223,7 @@ def segment_logps(
     (it would be predicted from the sequence before it). Returns float32
     ``(n_segments,)`` log-probs and long ``(n_segments,)`` token counts.
     """
-    per_token, mask = token_logps(logits, labels, ignore_index)
-    owner = segments[:, 1:][mask]
-    logps = per_token.new_zeros(n_segments).index_add(0, owner, per_token[mask])
-    return logps, torch.bincount(owner, minlength=n_segments)
+    mask = labels[:, 1:] != ignore_index
+    return grouped_logps(
+        logits[:, :-1][mask], labels[:, 1:][mask], segments[:, 1:][mask], n_segments
+    )

@@ -24,3 +24,10 @@ def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     )
     count = (shift_labels != IGNORE_INDEX).sum()
     return total, count
+
+
+def selected_nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """:func:`token_nll_sum`'s sum on logits already narrowed to the labelled
+    positions: ``(N, V)`` logits, ``(N,)`` next tokens (see
+    :func:`rlhfkit.models.heads.labelled_logits`)."""
+    return F.cross_entropy(logits.float(), targets, reduction="sum")

@@ -17,7 +17,7 @@ import torch
 
 from rlhfkit.algorithms.dpo import cpl_loss, dpo_loss
 from rlhfkit.config import DPOConfig
-from rlhfkit.data.batching import PairCollator, batch_logps, keeps_packed_apart
+from rlhfkit.data.batching import PairCollator, batch_logps, hidden_size_of, keeps_packed_apart
 from rlhfkit.data.prepare import PairExample, tokenize_pairs
 from rlhfkit.models.loading import is_peft, load_causal_lm, lora_spec
 from rlhfkit.training.loop import LossOutput, Trainer, TrainResult
@@ -137,7 +137,9 @@ def run_dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False) ->
         cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, lora=lora_spec(cfg)
     )
     acc = s.accelerator
-    collate = PairCollator(s.tokenizer.pad_token_id, padding_free=padding_free(model, train, s))
+    collate = PairCollator(
+        s.tokenizer.pad_token_id, padding_free(model, train, s), hidden_size_of(model)
+    )
 
     reference: Reference | None = None
     if cfg.loss != "cpl":

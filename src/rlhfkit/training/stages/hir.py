@@ -25,7 +25,7 @@ import torch
 
 from rlhfkit.algorithms.hir import hir_contrastive_loss
 from rlhfkit.config import HIRConfig
-from rlhfkit.data.batching import PadCollator, batch_logps, keeps_packed_apart
+from rlhfkit.data.batching import PadCollator, batch_logps, hidden_size_of, keeps_packed_apart
 from rlhfkit.data.jsonl import write_jsonl
 from rlhfkit.data.prepare import PrepareStats, tokenize_response
 from rlhfkit.data.templates import IGNORE_INDEX, TokenizedExample
@@ -186,8 +186,10 @@ class HIRCollator:
     """Every (output, prompt) sequence of the batch's groups in one padded (or packed)
     batch, with each group's shape and targets."""
 
-    def __init__(self, pad_token_id: int, padding_free: bool = False) -> None:
-        self.pad = PadCollator(pad_token_id, padding_free=padding_free)
+    def __init__(
+        self, pad_token_id: int, padding_free: bool = False, hidden_size: int | None = None
+    ) -> None:
+        self.pad = PadCollator(pad_token_id, padding_free=padding_free, hidden_size=hidden_size)
 
     def __call__(self, groups: Sequence[HIRGroup]) -> dict[str, Any]:
         batch = self.pad([ex for g in groups for ex in g.examples])
@@ -264,7 +266,7 @@ def finetune_contrastive(
         "hir: %d groups, %d sequences (outputs x relabeled prompts), padding-free %s",
         len(items), sum(len(g.examples) for g in items), "on" if free else "off",
     )  # fmt: skip
-    collate = HIRCollator(run.tokenizer.pad_token_id, padding_free=free)
+    collate = HIRCollator(run.tokenizer.pad_token_id, free, hidden_size_of(model))
     objective = HIRObjective(cfg.contrastive_weight)
     trainer = Trainer(sft, model, run.tokenizer, objective, items, collate, [], "hir", acc)
     return trainer.fit(resume=resume)

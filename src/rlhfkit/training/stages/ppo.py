@@ -28,9 +28,10 @@ from rlhfkit.algorithms.ppo import (
     masked_mean,
     shaped_rewards,
 )
-from rlhfkit.algorithms.sft import token_nll_sum
+from rlhfkit.algorithms.sft import selected_nll_sum
 from rlhfkit.config import PPOConfig
 from rlhfkit.errors import ConfigError
+from rlhfkit.models.heads import labelled_logits
 from rlhfkit.models.reward import load_reward_model
 from rlhfkit.rollout.generator import Rollout
 from rlhfkit.rollout.rewards import reward_from_config
@@ -192,12 +193,9 @@ class PPORun(OnlineRun):
         batch = {k: v.to(acc.device) for k, v in batch.items()}
         policy = acc.unwrap_model(model).policy
         with acc.no_sync(model), acc.autocast():
-            logits = policy(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                use_cache=False,
-            ).logits
-            nll, count = token_nll_sum(logits, batch["labels"])
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+            logits, targets, _ = labelled_logits(policy, inputs, batch["labels"])
+            nll, count = selected_nll_sum(logits, targets), targets.numel()
             n_global = self.global_sum(float(count))
             acc.backward(self.cfg.ptx_coef * nll * acc.num_processes / max(n_global, 1.0))
         return {"ptx_loss": self.global_sum(float(nll.detach())) / max(n_global, 1.0)}

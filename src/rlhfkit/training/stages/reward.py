@@ -18,7 +18,7 @@ import torch
 
 from rlhfkit.algorithms.reward import centering_penalty, group_mean, hinge_loss, pairwise_loss
 from rlhfkit.config import RMConfig
-from rlhfkit.data.batching import GroupCollator, keeps_packed_apart
+from rlhfkit.data.batching import GroupCollator, hidden_size_of, keeps_packed_apart
 from rlhfkit.data.prepare import ResponseGroup, tokenize_groups
 from rlhfkit.data.templates import IGNORE_INDEX, TokenizedExample
 from rlhfkit.data.types import PreferenceRecord
@@ -117,7 +117,9 @@ def run_rm(cfg: RMConfig, *, resume: bool = False, overwrite: bool = False) -> T
     if cfg.lora_r > 0:
         model = apply_lora(model, lora_spec(cfg), task_type="SEQ_CLS")
     objective = RewardObjective(cfg.loss, cfg.hinge_margin, cfg.center_coef)
-    collate = GroupCollator(s.tokenizer.pad_token_id, padding_free(model, train, s))
+    collate = GroupCollator(
+        s.tokenizer.pad_token_id, padding_free(model, train, s), hidden_size_of(model)
+    )
     trainer = Trainer(
         cfg, model, s.tokenizer, objective, train, collate, evals, "rm", s.accelerator
     )

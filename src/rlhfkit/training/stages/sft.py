@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
-from rlhfkit.algorithms.sft import token_nll_sum
+from rlhfkit.algorithms.sft import selected_nll_sum
 from rlhfkit.config import SFTConfig
-from rlhfkit.data.batching import PadCollator, keeps_packed_apart, pack
+from rlhfkit.data.batching import PadCollator, hidden_size_of, keeps_packed_apart, pack
 from rlhfkit.data.prepare import tokenize_sft
+from rlhfkit.models.heads import labelled_logits
 from rlhfkit.models.loading import load_causal_lm, lora_spec
 from rlhfkit.training.loop import LossOutput, Trainer, TrainResult
 from rlhfkit.training.run import prepare_stage, tokenize_splits
@@ -29,9 +30,8 @@ class SFTObjective:
         inputs = {
             k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch
         }
-        logits = model(**inputs, use_cache=False).logits
-        total, _ = token_nll_sum(logits, batch["labels"])
-        return LossOutput(total)
+        logits, targets, _ = labelled_logits(model, inputs, batch["labels"])
+        return LossOutput(selected_nll_sum(logits, targets))
 
     def derived(self, means: dict[str, float]) -> dict[str, float]:
         return {"ppl": math.exp(min(means["loss"], 50.0))}
@@ -56,7 +56,9 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False) ->
     )
     if not cfg.packing:
         log.info("padding-free batches: %s", "on" if free else "off")
-    collate = PadCollator(s.tokenizer.pad_token_id, padding_free=free)
+    collate = PadCollator(
+        s.tokenizer.pad_token_id, padding_free=free, hidden_size=hidden_size_of(model)
+    )
     trainer = Trainer(
         cfg, model, s.tokenizer, SFTObjective(), rows, collate, evals, "sft", s.accelerator
     )
