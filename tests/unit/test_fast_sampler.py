@@ -94,6 +94,59 @@ def test_same_tokens_without_padding(model_and_tok) -> None:
     assert fast.tolist() == hf.tolist()
 
 
+@pytest.mark.parametrize("mode", ["sampled", "all_three"])
+def test_repeated_prompts_prefilled_once_give_generates_tokens(model_and_tok, mode, monkeypatch):
+    """GRPO's layout (each prompt G times, prompts of different lengths): the loop runs
+    the prompt forward on the 3 distinct rows only, and samples what generate samples
+    from the full batch."""
+    model, tok = model_and_tok
+    ids, mask = batch(tok, [q for q in QUESTIONS[:3] for _ in range(4)])
+    prefill_rows = []
+    forward = type(model).forward
+
+    def counting(self, *a, **kw):
+        if kw["cache"].get_seq_length() == 0:
+            prefill_rows.append(kw["input_ids"].shape[0])
+        return forward(self, *a, **kw)
+
+    monkeypatch.setattr(type(model), "forward", counting)
+    special = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+    for seed in range(3):
+        prefill_rows.clear()
+        torch.manual_seed(seed)
+        fast = fast_generate(
+            model, ids, mask, use_cache=True, max_new_tokens=12, **special, **SAMPLING[mode]
+        )
+        assert prefill_rows == [3]
+        fast_state = torch.get_rng_state()
+        monkeypatch.setattr(type(model), "forward", forward)
+        torch.manual_seed(seed)
+        hf = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            use_cache=True,
+            max_new_tokens=12,
+            **special,
+            **SAMPLING[mode],
+        )
+        monkeypatch.setattr(type(model), "forward", counting)
+        assert torch.equal(torch.get_rng_state(), fast_state)
+        assert fast.tolist() == hf.tolist()
+        assert len({tuple(r) for r in fast[:4, ids.shape[1] :].tolist()}) > 1  # samples differ
+
+
+def test_distinct_rows_in_order_of_first_appearance() -> None:
+    ids = torch.tensor([[0, 5, 6], [1, 2, 3], [0, 5, 6], [1, 2, 3], [0, 0, 6]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1], [0, 0, 1]])
+    first, copy_of = sampler.distinct_rows(ids, mask)
+    assert first.tolist() == [0, 1, 4]
+    assert copy_of.tolist() == [0, 1, 0, 1, 2]
+    same_ids_other_mask = sampler.distinct_rows(
+        ids[:1].repeat(2, 1), torch.tensor([[0, 1, 1], [1, 1, 1]])
+    )
+    assert same_ids_other_mask[0].tolist() == [0, 1]
+
+
 @pytest.mark.parametrize("mode", ["greedy", "all_three"])
 def test_eos_mid_batch(model_and_tok, mode) -> None:
     """An EOS id that some rows produce early and others never: finished rows are padded

@@ -17,7 +17,12 @@ keeps the same computation and drops the rest:
   is consumed as generate consumes it);
 * the KV cache in buffers allocated once for the prompt plus ``max_new_tokens``: each
   step writes its keys / values in place and the attention reads the filled prefix (the
-  same values and shapes as the concatenated cache; no copy of the cache per token).
+  same values and shapes as the concatenated cache; no copy of the cache per token);
+* a prompt repeated in the batch (GRPO's G samples of one prompt) is prefilled once: the
+  distinct rows go through the prompt forward, and their cache and last logits are
+  copied to every row that repeats them (a row's forward does not depend on the other
+  rows; a matrix product over fewer rows may round differently in the last bits, which
+  the tests have not seen change a sampled token).
 
 It stops when every row has produced EOS or after ``max_new_tokens``. Only architectures
 whose token-for-token parity with ``generate`` is tested run here
@@ -70,6 +75,24 @@ class BufferLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.length
+
+    def expand(self, rows: torch.Tensor) -> None:
+        """Row ``i`` becomes a copy of row ``rows[i]`` (after a prefill of distinct rows)."""
+        self._k, self._v = self._k.index_select(0, rows), self._v.index_select(0, rows)
+        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+
+def distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first row of each distinct (ids, mask) row, in order, and for every row the
+    position of its distinct row in that list."""
+    _, inverse = torch.unique(torch.cat([ids, mask.to(ids.dtype)], 1), dim=0, return_inverse=True)
+    n = len(ids)
+    first = torch.full((int(inverse.max()) + 1,), n, dtype=torch.long, device=ids.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(n, device=ids.device), "amin")
+    order = first.argsort()  # distinct rows in order of first appearance
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=ids.device)
+    return first[order], rank[inverse]
 
 
 def _unsupported(model: Any) -> str | None:
@@ -166,12 +189,20 @@ def fast_generate(
     cache.layers = [BufferLayer(capacity) for _ in cache.layers]
     keep = {"logits_to_keep": 1} if model._supports_logits_to_keep() else {}
     unfinished = torch.ones(batch, dtype=torch.long, device=device)
+    first, copy_of = distinct_rows(input_ids, attention_mask)
+    prefill = first if len(first) < batch else None  # repeated prompts: prefill each once
     step_ids, step_pos, length = input_ids, positions, prompt_len
     for _ in range(new_tokens):
+        call_ids, call_pos = step_ids, step_pos
+        call_mask = None if mask is None else mask[:, :length]
+        rows = prefill if prefill is not None and length == prompt_len else None
+        if rows is not None:
+            call_ids, call_pos = call_ids[rows], call_pos[rows]
+            call_mask = None if call_mask is None else call_mask[rows]
         out = model(
-            input_ids=step_ids,
-            attention_mask=None if mask is None else mask[:, :length],
-            position_ids=step_pos,
+            input_ids=call_ids,
+            attention_mask=call_mask,
+            position_ids=call_pos,
             cache=cache,
             use_cache=True,
             return_dict=True,
@@ -179,6 +210,10 @@ def fast_generate(
         )
         logits = out.logits[:, -1].to(copy=True, dtype=torch.float32, device=device)
         del out
+        if rows is not None:
+            for layer in cache.layers:
+                layer.expand(copy_of)
+            logits = logits.index_select(0, copy_of)
         scores = processors(seqs[:, :length], logits)
         if cfg.do_sample:
             probs = torch.nn.functional.softmax(scores, dim=-1)
