@@ -25,6 +25,7 @@ carries the JSON only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -71,7 +72,8 @@ def main() -> None:
         generation_backend=args.generation_backend,
     )  # fmt: skip
     t1 = time.perf_counter()
-    run_grpo(cfg, overwrite=True)
+    with contextlib.redirect_stdout(sys.stderr):  # the progress bar; stdout is the JSON
+        run_grpo(cfg, overwrite=True)
     total_s = time.perf_counter() - t1
     report = harness.online_step_report(read_metrics(work / "run" / "metrics.jsonl"))
     in_steps = report.pop("seconds_in_steps")

@@ -20,6 +20,7 @@ before the first step. Progress goes to stderr; stdout carries the JSON only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -68,7 +69,8 @@ def main() -> None:
         max_length=128, value_model=args.value_model, sample_every=10_000,
     )  # fmt: skip
     t1 = time.perf_counter()
-    run_ppo(cfg, overwrite=True)
+    with contextlib.redirect_stdout(sys.stderr):  # the progress bar; stdout is the JSON
+        run_ppo(cfg, overwrite=True)
     total_s = time.perf_counter() - t1
     report = harness.online_step_report(read_metrics(work / "run" / "metrics.jsonl"))
     in_steps = report.pop("seconds_in_steps")
