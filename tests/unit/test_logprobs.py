@@ -69,3 +69,16 @@ def test_gradient_flows_and_matches_the_reference(temperature: float) -> None:
 def test_empty_batch() -> None:
     out = token_logps(torch.zeros(0, 4, 7), torch.zeros(0, 4, dtype=torch.long))
     assert out.shape == (0, 4) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunks_of_rows_equal_one_pass(monkeypatch, temperature: float) -> None:
+    from rlhfkit.algorithms import logprobs
+
+    logits, targets = random_batch(4, b=7)
+    whole = token_logps(logits, targets, temperature)
+    monkeypatch.setattr(logprobs, "LOGSUMEXP_CHUNK", 2 * 5 * 13)  # two rows per chunk: 4 chunks
+    chunked = token_logps(logits, targets, temperature)
+    assert torch.equal(chunked, whole)
+    torch.testing.assert_close(chunked, reference(logits, targets, temperature), atol=1e-5, rtol=0)
+    assert token_logps(logits[:0], targets[:0]).shape == (0, 5)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlhfkit.algorithms.logprobs import LOGSUMEXP_CHUNK
+
 IGNORE_INDEX = -100
 
 DPO_LOSSES = ("sigmoid", "robust", "ipo", "hinge")
@@ -142,10 +144,6 @@ def cpl_loss(
         chosen_scores=chosen_scores.detach(),
         rejected_scores=rejected_scores.detach(),
     )
-
-
-# Elements of logits per ``logsumexp`` call: bounds its temporaries on large vocabularies.
-LOGSUMEXP_CHUNK = 1 << 24
 
 
 def token_logps(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import torch
 
+# Elements of logits per ``logsumexp`` call: bounds its temporaries on large vocabularies.
+LOGSUMEXP_CHUNK = 1 << 24
+
 
 def token_logps(
     logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
@@ -13,16 +16,20 @@ def token_logps(
 
     ``logits`` is ``(B, T, V)`` aligned with ``targets`` ``(B, T)`` (the caller shifts).
     Dividing by the sampling temperature makes the log-probs those of the distribution
-    the tokens were drawn from. Computed one row at a time (``logit[y] - logsumexp``),
-    so the temporary is ``(T, V)``, not ``(B, T, V)``.
+    the tokens were drawn from. Computed as ``logit[y] - logsumexp`` over chunks of
+    rows of at most :data:`LOGSUMEXP_CHUNK` logits (one chunk for a rollout batch of a
+    small vocabulary), so the float32 temporary is bounded, never ``(B, T, V)`` of a
+    large vocabulary, and there is no Python loop per row.
     """
-    rows = []
-    for i in range(logits.size(0)):
-        row = logits[i].float()
-        if temperature != 1.0:
-            row = row / temperature
-        picked = row.gather(-1, targets[i].unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(row, dim=-1))
-    if not rows:
+    b, t, v = logits.shape
+    if b == 0 or t == 0:
         return logits.new_zeros(targets.shape, dtype=torch.float32)
-    return torch.stack(rows)
+    rows = max(1, LOGSUMEXP_CHUNK // (t * v))
+    parts = []
+    for start in range(0, b, rows):
+        chunk = logits[start : start + rows].float()
+        if temperature != 1.0:
+            chunk = chunk / temperature
+        picked = chunk.gather(-1, targets[start : start + rows].unsqueeze(-1)).squeeze(-1)
+        parts.append(picked - torch.logsumexp(chunk, dim=-1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
