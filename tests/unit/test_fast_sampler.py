@@ -118,6 +118,7 @@ def test_repeated_prompts_prefilled_once_give_generates_tokens(model_and_tok, mo
             model, ids, mask, use_cache=True, max_new_tokens=12, **special, **SAMPLING[mode]
         )
         assert prefill_rows == [3]
+        assert not fast.is_inference()  # sampled in inference mode, usable by autograd
         fast_state = torch.get_rng_state()
         monkeypatch.setattr(type(model), "forward", forward)
         torch.manual_seed(seed)
