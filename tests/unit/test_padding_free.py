@@ -155,7 +155,12 @@ def test_keeps_packed_apart_detects_mixing(llama):
     assert not keeps_packed_apart(IgnoresPositions(model), task_rows(tok), tok.pad_token_id)
 
 
-def test_keeps_packed_apart_false_when_nothing_packs(llama):
+def test_keeps_packed_apart_checks_examples_of_one_length_in_one_row(llama):
+    """No two of these fit in the longest one's width, but batches may pack wider
+    (``pack_width``): the check packs its sample into one row, so equal lengths
+    (a safety reward model's refusals) are checked too, and mixing is still caught."""
     model, tok = llama
     same = [task_rows(tok)[0]] * 4
-    assert not keeps_packed_apart(model, same, tok.pad_token_id)
+    assert keeps_packed_apart(model, same, tok.pad_token_id)
+    assert not keeps_packed_apart(IgnoresPositions(model), same, tok.pad_token_id)
+    assert not keeps_packed_apart(model, same[:2], tok.pad_token_id)  # too few to check

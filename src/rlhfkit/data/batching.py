@@ -87,11 +87,14 @@ def pack_width(lengths: Sequence[int], hidden_size: int | None = None) -> int:
 
 
 def pack_batch(
-    rows: Sequence[TokenizedExample], pad_token_id: int, hidden_size: int | None = None
+    rows: Sequence[TokenizedExample],
+    pad_token_id: int,
+    hidden_size: int | None = None,
+    width: int | None = None,
 ) -> dict:
     """A batch without padding waste: the examples of ``rows`` packed into as few rows
     as :func:`first_fit_decreasing` needs at the width :func:`pack_width` picks (the
-    longest example's without ``hidden_size``).
+    longest example's without ``hidden_size``), or at ``width`` when given.
 
     ``position_ids`` restart at 0 for each example and no ``attention_mask`` is
     returned, so transformers attends within each example only (a block-diagonal
@@ -104,7 +107,7 @@ def pack_batch(
     """
     import torch
 
-    width = pack_width([len(r) for r in rows], hidden_size)
+    width = width or pack_width([len(r) for r in rows], hidden_size)
     ids, labels, pos, seg = [], [], [], []
     for members in first_fit_decreasing([len(r) for r in rows], width):
         row_ids: list[int] = []
@@ -278,9 +281,10 @@ def keeps_packed_apart(
     model, examples: Sequence[TokenizedExample], pad_token_id: int, score=None
 ) -> bool:
     """Whether ``model`` scores packed examples (:func:`pack_batch`) as it scores them
-    padded, on the two shortest and the longest of ``examples``; False when they do
-    not pack at all. ``score(model, batch)`` gives one value per example (default:
-    the summed log-probs of :func:`batch_logps`; reward models pass their rewards).
+    padded, on the two shortest and the longest of ``examples`` packed into one row;
+    False when there are fewer than three. ``score(model, batch)`` gives one value per
+    example (default: the summed log-probs of :func:`batch_logps`; reward models pass
+    their rewards).
 
     transformers turns restarting ``position_ids`` into a block-diagonal mask for
     most architectures, not for all (nor for remote code), so a stage checks before
@@ -289,9 +293,9 @@ def keeps_packed_apart(
     import torch
 
     by_length = sorted(examples, key=len)
-    sample = [*by_length[:2], by_length[-1]] if len(by_length) >= 3 else []
-    if not sample or len(sample[0]) + len(sample[1]) > len(sample[2]):
+    if len(by_length) < 3:
         return False
+    sample = [*by_length[:2], by_length[-1]]
     device = next(model.parameters()).device
 
     def on_device(batch: dict) -> dict:
@@ -303,7 +307,8 @@ def keeps_packed_apart(
         with torch.no_grad():
             score = score or (lambda m, b: batch_logps(m, b)[0])
             want = score(model, on_device(PadCollator(pad_token_id)(sample)))
-            got = score(model, on_device(pack_batch(sample, pad_token_id)))
+            one_row = pack_batch(sample, pad_token_id, width=sum(len(x) for x in sample))
+            got = score(model, on_device(one_row))
     finally:
         model.train(was_training)
     fp32 = next(model.parameters()).dtype == torch.float32
