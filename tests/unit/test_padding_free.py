@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhfkit.algorithms import dpo as dpo_alg
+from rlhfkit.algorithms import logprobs
 from rlhfkit.algorithms.dpo import segment_logps, token_logps
 from rlhfkit.algorithms.sft import token_nll_sum
 from rlhfkit.data.batching import (
@@ -73,7 +73,7 @@ def test_token_logps_chunked_equals_whole(monkeypatch):
     whole, mask = token_logps(logits, labels)
     naive = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels[:, 1:].clamp(min=0)[..., None])
     assert torch.allclose(whole, torch.where(mask, naive.squeeze(-1), 0.0), atol=1e-6)
-    monkeypatch.setattr(dpo_alg, "LOGSUMEXP_CHUNK", 2 * 6 * 11)  # two rows per chunk
+    monkeypatch.setattr(logprobs, "LOGSUMEXP_CHUNK", 3 * 11)  # 3 of the 20 positions per chunk
     chunked, _ = token_logps(logits, labels)
     assert torch.allclose(chunked, whole, atol=1e-7)
 

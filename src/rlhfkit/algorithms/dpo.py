@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlhfkit.algorithms.logprobs import LOGSUMEXP_CHUNK
+from rlhfkit.algorithms import logprobs
 
 IGNORE_INDEX = -100
 
@@ -181,18 +181,10 @@ def sequence_logps(
 
 def selected_token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``log softmax(logits)[target]`` of ``N`` selected positions: ``(N, V)`` logits
-    and ``(N,)`` targets in, float32 ``(N,)`` out (differentiable), computed as
-    ``logit[y] - logsumexp(logits)`` over chunks of at most :data:`LOGSUMEXP_CHUNK`
-    logits."""
-    if logits.size(0) == 0:
-        return logits.new_zeros(0, dtype=torch.float32)
-    rows = max(1, LOGSUMEXP_CHUNK // logits.size(-1))
-    parts = []
-    for start in range(0, logits.size(0), rows):
-        chunk = logits[start : start + rows].float()
-        picked = chunk.gather(-1, targets[start : start + rows].unsqueeze(-1)).squeeze(-1)
-        parts.append(picked - torch.logsumexp(chunk, dim=-1))
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    and ``(N,)`` targets in, float32 ``(N,)`` out (differentiable); the chunked
+    ``logit[y] - logsumexp(logits)`` of :func:`rlhfkit.algorithms.logprobs.token_logps`
+    with one position per row."""
+    return logprobs.token_logps(logits[:, None], targets[:, None])[:, 0]
 
 
 def grouped_logps(

@@ -17,13 +17,9 @@ def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     ``labels[:, t + 1]``. Returns ``(sum, count)`` so callers can normalise over
     any number of micro-batches and processes.
     """
-    shift_logits = logits[:, :-1, :].reshape(-1, logits.size(-1))
-    shift_labels = labels[:, 1:].reshape(-1)
-    total = F.cross_entropy(
-        shift_logits.float(), shift_labels, ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    count = (shift_labels != IGNORE_INDEX).sum()
-    return total, count
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    return selected_nll_sum(logits[:, :-1][mask], shift_labels[mask]), mask.sum()
 
 
 def selected_nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
