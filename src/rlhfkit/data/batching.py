@@ -74,16 +74,23 @@ def pack_width(lengths: Sequence[int], hidden_size: int | None = None) -> int:
     mixed lengths waste a fifth of a batch at the longest width (SFT on the built-in
     task: 602 positions for 480 tokens, 500 at twice the width).
     """
+    return packing(lengths, hidden_size)[0]
+
+
+def packing(lengths: Sequence[int], hidden_size: int | None = None) -> tuple[int, list[list[int]]]:
+    """:func:`pack_width`'s width and the :func:`first_fit_decreasing` bins at it."""
     longest = max(lengths)
     if not hidden_size:
-        return longest
+        return longest, first_fit_decreasing(lengths, longest)
     total = sum(lengths)
+    widths = sorted({*(min(k * longest, total) for k in (1, 2, 4)), total})
+    candidates = [(w, first_fit_decreasing(lengths, w)) for w in widths]
 
-    def cost(width: int) -> float:
-        positions = width * len(first_fit_decreasing(lengths, width))
-        return positions * (1 + width / (6 * hidden_size))
+    def cost(candidate: tuple[int, list[list[int]]]) -> float:
+        width, bins = candidate
+        return width * len(bins) * (1 + width / (6 * hidden_size))
 
-    return min(sorted({*(min(k * longest, total) for k in (1, 2, 4)), total}), key=cost)
+    return min(candidates, key=cost)
 
 
 def pack_batch(
@@ -107,9 +114,13 @@ def pack_batch(
     """
     import torch
 
-    width = width or pack_width([len(r) for r in rows], hidden_size)
+    lengths = [len(r) for r in rows]
+    if width:
+        bins = first_fit_decreasing(lengths, width)
+    else:
+        width, bins = packing(lengths, hidden_size)
     ids, labels, pos, seg = [], [], [], []
-    for members in first_fit_decreasing([len(r) for r in rows], width):
+    for members in bins:
         row_ids: list[int] = []
         row_labels: list[int] = []
         row_pos: list[int] = []
