@@ -58,6 +58,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     tensorboard: bool = False
     cpu: bool = False  # force the CPU even when a GPU is present
+    tune_malloc: bool = True  # glibc keeps freed activations' pages (training/allocator.py)
 
     def validate(self) -> None:
         positive = ("batch_size", "grad_accum", "log_every", "keep_checkpoints")

@@ -115,6 +115,10 @@ def make_accelerator(cfg: TrainConfig):
     if cfg.precision == "fp16" and (cfg.cpu or not torch.cuda.is_available()):
         raise ConfigError("key 'precision': fp16 needs a GPU; use bf16 or fp32 on the CPU")
     _reset_if_single_process()
+    if cfg.tune_malloc:
+        from rlhfkit.training.allocator import tune_malloc
+
+        tune_malloc()
     return Accelerator(mixed_precision=mp, cpu=cfg.cpu)
 
 
