@@ -68,6 +68,11 @@ memory); ``throughput_x`` is TRL's seconds per step over rlhfkit's (above 1: rlh
 is faster). ``load_avg_1m`` is sampled before every run: on a shared machine,
 other work skews the timings, so look at it first.
 
+rlhfkit's stages tune glibc's allocator in their own process (``tune_malloc``: freed
+activations' pages are kept for the next step instead of faulted in again); TRL runs
+with glibc's defaults unless ``--trl-malloc`` gives it the same settings through the
+environment, which tells that gain apart from the rest.
+
 Progress goes to stderr; stdout carries the JSON only. Exits non-zero on failure.
 """
 
@@ -581,6 +586,13 @@ def bench(args: argparse.Namespace) -> dict:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     if args.threads > 0:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    envs = {"rlhfkit": env, "trl": dict(env)}
+    if args.trl_malloc:  # what rlhfkit's tune_malloc sets in its own process
+        from rlhfkit.training.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD
+
+        envs["trl"].update(
+            MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), MALLOC_TRIM_THRESHOLD_=str(TRIM_THRESHOLD)
+        )
     started = time.perf_counter()
     load_start = harness.load_avg_1m()
     with H.workdir(args.out) as work:
@@ -615,7 +627,7 @@ def bench(args: argparse.Namespace) -> dict:
                     result = work / f"{name}-{side}-{r}.json"
                     cmd = [pythons[side], str(H.script), "--child-config", json.dumps(spec)]
                     cmd += ["--child-result", str(result)]
-                    runs[name][side].append(harness.run_json_child(cmd, result, label, env))
+                    runs[name][side].append(harness.run_json_child(cmd, result, label, envs[side]))
         threads = runs[names[0]]["rlhfkit"][0]["torch_threads"]
     return {
         "workloads": {n: compare(runs[n], WORKLOADS[n].online) for n in names},
@@ -634,6 +646,7 @@ def bench(args: argparse.Namespace) -> dict:
             },
             "precision": "fp32",
             "torch_threads": threads,
+            "trl_malloc": args.trl_malloc,
         },
         "versions": {"rlhfkit": side_versions(sys.executable), "trl": side_versions(trl_python)},
         "machine": harness.machine(),
@@ -660,6 +673,12 @@ def main(argv: list[str] | None = None) -> int:
         "--online-warmup", type=int, default=2, help="first online steps left out of timing (2)"
     )
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
+    p.add_argument(
+        "--trl-malloc",
+        action="store_true",
+        help="run TRL under the glibc malloc settings rlhfkit gives itself (tune_malloc), "
+        "to tell that gain from the rest",
+    )
     p.add_argument(
         "--threads",
         type=int,
