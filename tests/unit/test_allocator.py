@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 
 import pytest
 
-from rlhfkit.training.allocator import why_not
+from rlhfkit.training.allocator import glibc, why_not
 
-GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+GLIBC = sys.platform == "linux" and glibc()
 
 # A fresh process allocates 24 MiB: with glibc's defaults a block that size is its own
 # mmap, away from the heap; tuned, it comes from the heap, below the program break.

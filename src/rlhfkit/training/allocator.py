@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import platform
 import sys
 
 log = logging.getLogger("rlhfkit")
@@ -37,10 +36,18 @@ TRIM_THRESHOLD = 256 << 20
 _done: str | None = None
 
 
+def glibc() -> bool:
+    """Whether this process runs on glibc (asked of the C library, not read from a file)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):
+        return False
+
+
 def why_not(environ: dict[str, str] | None = None) -> str | None:
     """Why :func:`tune_malloc` leaves the allocator alone here, or None when it can tune."""
     env = os.environ if environ is None else environ
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if sys.platform != "linux" or not glibc():
         return "not glibc"
     preload = env.get("LD_PRELOAD", "")
     if any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")):
