@@ -667,10 +667,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="first steps left out of timing (5)")
     p.add_argument("--batch-size", type=int, default=32, help="examples or pairs per step (32)")
     p.add_argument(
-        "--online-steps", type=int, default=12, help="steps of the GRPO / RLOO runs (12)"
+        "--online-steps", type=int, default=30, help="steps of the GRPO / RLOO runs (30)"
     )
     p.add_argument(
-        "--online-warmup", type=int, default=2, help="first online steps left out of timing (2)"
+        "--online-warmup", type=int, default=3, help="first online steps left out of timing (3)"
     )
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     p.add_argument(
