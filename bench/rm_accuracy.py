@@ -3,6 +3,7 @@
 Usage::
 
     python bench/rm_accuracy.py --rm RUN/final [--n 400] [--seed 30] [--k 2]
+                                [--backbone SFT/final]
 
 Scores the held-out helpfulness comparisons that ``tests/integration/test_reward_model.py``
 evaluates on (``synthetic_preferences(task, "heldout", n=N, seed=SEED)``: the simulated
@@ -15,7 +16,14 @@ labeler's choices over candidates of held-out prompts) with the reward model in
 * ``by_kind``: accuracy per prompt kind (arithmetic, harmful, benign);
 * ``by_contrast``: per kind of comparison, named by the response classes of the
   gold-better and the gold-worse response (``exact > off1``: the bare correct
-  sum against a bare sum off by one), with the count and the accuracy.
+  sum against a bare sum off by one), with the count and the accuracy;
+* ``ceiling_verbose_above_exact``: the accuracy of the gold judge with one change,
+  verbose answers ranked above the bare exact number (what every RM trained here
+  does: the most any of them can reach without turning that contrast);
+* with ``--backbone``: ``backbone_logprob_check``, how often that causal LM (the
+  SFT model the RM started from) gives the bare exact sum a higher log-probability
+  than the sum + 1, - 1 and + 2, over every held-out arithmetic prompt: how much
+  of the check an RM needs is in its backbone.
 
 Response classes: arithmetic ``exact`` (the number alone), ``verbose`` (the right
 number in a sentence), ``off1`` / ``off2`` (a bare number 1 or 2 away), ``far``
@@ -65,18 +73,20 @@ def breakdown(task: Task, pairs: list[PreferenceRecord], chosen_r, rejected_r) -
     pair's chosen and rejected responses (two sequences of floats)."""
     by_kind: dict[str, list[int]] = defaultdict(list)
     by_contrast: dict[str, list[int]] = defaultdict(list)
-    agree = gold_agree = labeler_ok = 0
+    agree = gold_agree = labeler_ok = ceiling_ok = 0
     for rec, rc, rr in zip(pairs, chosen_r, rejected_r, strict=True):
         prompt = rec.prompt[-1].content
         kind = task.lookup(prompt).kind
         g_c = task.gold(prompt, rec.chosen).helpfulness
         g_r = task.gold(prompt, rec.rejected).helpfulness
         better, worse = (rec.chosen, rec.rejected) if g_c > g_r else (rec.rejected, rec.chosen)
-        name = f"{kind}: {response_class(task, prompt, better)} > {response_class(task, prompt, worse)}"
+        classes = response_class(task, prompt, better), response_class(task, prompt, worse)
+        name = f"{kind}: {classes[0]} > {classes[1]}"
         ok = int(rc > rr)
         agree += ok
         gold_agree += int((rc > rr) == (g_c > g_r))
         labeler_ok += int(g_c > g_r)
+        ceiling_ok += int(g_c > g_r) ^ int(classes == ("exact", "verbose"))
         by_kind[kind].append(ok)
         by_contrast[name].append(ok)
 
@@ -92,6 +102,7 @@ def breakdown(task: Task, pairs: list[PreferenceRecord], chosen_r, rejected_r) -
         "accuracy": round(agree / n, 4),
         "gold_accuracy": round(gold_agree / n, 4),
         "labeler_gold_agreement": round(labeler_ok / n, 4),
+        "ceiling_verbose_above_exact": round(ceiling_ok / n, 4),
         "by_kind": summary(by_kind),
         "by_contrast": summary(by_contrast),
     }
@@ -109,18 +120,69 @@ def evaluate(rm_dir: str, task: Task, records) -> dict:
     return breakdown(task, pairs, chosen, rejected)
 
 
+def backbone_check(lm_dir: str, task: Task, deltas=(1, -1, 2), batch: int = 256) -> dict:
+    """Share of held-out arithmetic prompts where the causal LM in ``lm_dir`` gives the
+    bare exact sum a higher log-probability (summed over its response tokens, EOS
+    included) than the sum plus each of ``deltas``."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.algorithms.logprobs import token_logps
+    from rlhfkit.data.prepare import PrepareStats, tokenize_response
+    from rlhfkit.data.templates import IGNORE_INDEX, resolve_template
+    from rlhfkit.data.types import Message
+    from rlhfkit.models.loading import load_tokenizer
+
+    tok = load_tokenizer(lm_dir)
+    template = resolve_template(tok, "auto")
+    model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    prompts = task.prompts("heldout", "arithmetic")
+    offsets = (0, *deltas)
+    stats = PrepareStats()
+    examples = [
+        tokenize_response((Message("user", p.text),), str(p.answer + d), tok, template, 64, stats)
+        for p in prompts
+        for d in offsets
+    ]
+    totals: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(examples), batch):
+            chunk = examples[start : start + batch]
+            ids = pad_sequence([torch.tensor(e.input_ids) for e in chunk], True, tok.pad_token_id)
+            labels = pad_sequence([torch.tensor(e.labels) for e in chunk], True, IGNORE_INDEX)
+            mask = torch.arange(ids.shape[1]) < torch.tensor([len(e) for e in chunk])[:, None]
+            logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1]
+            targets = labels[:, 1:]
+            keep = targets != IGNORE_INDEX
+            lp = token_logps(logits, targets.clamp(min=0)) * keep
+            totals += lp.sum(1).tolist()
+    s = torch.tensor(totals).view(len(prompts), len(offsets))
+    return {
+        "n_prompts": len(prompts),
+        **{
+            f"exact > sum {d:+d}": round(float((s[:, 0] > s[:, i + 1]).float().mean()), 3)
+            for i, d in enumerate(deltas)
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rm", required=True, help="a reward-model folder (RUN/final)")
     ap.add_argument("--n", type=int, default=400, help="held-out helpfulness comparisons")
     ap.add_argument("--seed", type=int, default=30, help="seed of the comparisons")
     ap.add_argument("--k", type=int, default=2, help="responses per record")
+    ap.add_argument("--backbone", help="a causal LM folder (the SFT model the RM started from)")
     args = ap.parse_args(argv)
     task = Task()
     records = synthetic_preferences(
         task, "heldout", n=args.n, dimensions=("helpfulness",), k=args.k, seed=args.seed
     )
-    print(json.dumps(evaluate(args.rm, task, records), indent=2))
+    out = evaluate(args.rm, task, records)
+    if args.backbone:
+        out["backbone_logprob_check"] = backbone_check(args.backbone, task)
+    print(json.dumps(out, indent=2))
     return 0
 
 
