@@ -201,4 +201,4 @@ def test_rloo_differs_from_trl_on_purpose(parity):
     # TRL's on-policy loss is -mean(A) (0 for leave-one-out advantages summed over a
     # group); rlhfkit's weighs each sequence by its length.
     assert abs(float(parity["trl"]["rloo/loss"]) + float(adv.mean())) < TOL
-    assert abs(float(ours) - float(parity["trl"]["rloo/loss"])) > 1e-3
+    assert abs(float(ours.detach()) - float(parity["trl"]["rloo/loss"])) > 1e-3
