@@ -125,12 +125,11 @@ def backbone_check(lm_dir: str, task: Task, deltas=(1, -1, 2), batch: int = 256)
     bare exact sum a higher log-probability (summed over its response tokens, EOS
     included) than the sum plus each of ``deltas``."""
     import torch
-    from torch.nn.utils.rnn import pad_sequence
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.algorithms.logprobs import token_logps
+    from rlhfkit.data.batching import PadCollator, batch_logps
     from rlhfkit.data.prepare import PrepareStats, tokenize_response
-    from rlhfkit.data.templates import IGNORE_INDEX, resolve_template
+    from rlhfkit.data.templates import resolve_template
     from rlhfkit.data.types import Message
     from rlhfkit.models.loading import load_tokenizer
 
@@ -145,18 +144,11 @@ def backbone_check(lm_dir: str, task: Task, deltas=(1, -1, 2), batch: int = 256)
         for p in prompts
         for d in offsets
     ]
+    collate = PadCollator(tok.pad_token_id)
     totals: list[float] = []
     with torch.no_grad():
         for start in range(0, len(examples), batch):
-            chunk = examples[start : start + batch]
-            ids = pad_sequence([torch.tensor(e.input_ids) for e in chunk], True, tok.pad_token_id)
-            labels = pad_sequence([torch.tensor(e.labels) for e in chunk], True, IGNORE_INDEX)
-            mask = torch.arange(ids.shape[1]) < torch.tensor([len(e) for e in chunk])[:, None]
-            logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1]
-            targets = labels[:, 1:]
-            keep = targets != IGNORE_INDEX
-            lp = token_logps(logits, targets.clamp(min=0)) * keep
-            totals += lp.sum(1).tolist()
+            totals += batch_logps(model, collate(examples[start : start + batch]))[0].tolist()
     s = torch.tensor(totals).view(len(prompts), len(offsets))
     return {
         "n_prompts": len(prompts),
