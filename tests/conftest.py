@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,30 @@ def sft_policy(tmp_path_factory, task, sft_data):
     )  # fmt: skip
     cfg.validate()
     return run_sft(cfg)
+
+
+TRL_PYTHON = Path(__file__).resolve().parents[1] / "bench" / ".trl-venv" / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def trl_side():
+    """``run(script, data, work, *args)``: saves ``data`` to ``work/in.pt``, runs
+    ``script`` with the python of TRL's venv (``make bench-setup`` builds it) as
+    ``script in.pt out.pt *args`` and returns what it saved to ``out.pt``. Skips,
+    saying why, when that venv does not exist."""
+    if not TRL_PYTHON.exists():
+        pytest.skip(f"no TRL venv at {TRL_PYTHON}: run `make bench-setup` for the TRL parity tests")
+    import torch
+
+    def run(script: str, data: dict, work: Path, *args: str) -> dict:
+        torch.save(data, work / "in.pt")
+        proc = subprocess.run(
+            [str(TRL_PYTHON), "-c", script, str(work / "in.pt"), str(work / "out.pt"), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return torch.load(work / "out.pt")
+
+    return run

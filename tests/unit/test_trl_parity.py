@@ -11,8 +11,6 @@ Without that venv the tests are skipped, saying so.
 from __future__ import annotations
 
 import math
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +24,6 @@ from rlhfkit.models.reward import load_reward_model
 from rlhfkit.training.stages.dpo import DPOObjective
 from rlhfkit.training.stages.reward import RewardObjective
 
-TRL_PYTHON = Path(__file__).resolve().parents[2] / "bench" / ".trl-venv" / "bin" / "python"
 TOL = 1e-5
 
 # name -> (loss_type, beta, label_smoothing)
@@ -102,10 +99,8 @@ def split_pair(pair: PairExample) -> dict:
 
 
 @pytest.fixture(scope="module")
-def parity(tmp_path_factory, tiny_llama, task) -> dict:
+def parity(trl_side, tmp_path_factory, tiny_llama, task) -> dict:
     """rlhfkit's inputs and TRL's losses on them (one TRL subprocess for every case)."""
-    if not TRL_PYTHON.exists():
-        pytest.skip(f"no TRL venv at {TRL_PYTHON}: run `make bench-setup` for the TRL parity tests")
     from rlhfkit.demo.preferences import synthetic_preferences
 
     work = tmp_path_factory.mktemp("trl-parity")
@@ -141,19 +136,12 @@ def parity(tmp_path_factory, tiny_llama, task) -> dict:
         "rm_examples": rm_examples,
         "rm_cases": RM_CASES,
     }
-    torch.save(exchange, work / "in.pt")
-    proc = subprocess.run(
-        [str(TRL_PYTHON), "-c", TRL_SIDE, str(work / "in.pt"), str(work / "out.pt")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    trl = trl_side(TRL_SIDE, exchange, work)
     ref_chosen, ref_rejected = (r.tolist() for r in ref.chunk(2))
     for p, rc, rr in zip(pairs, ref_chosen, ref_rejected, strict=True):
         p.ref = (rc, rr)
     return {
-        "trl": torch.load(work / "out.pt"),
+        "trl": trl,
         "pairs": pairs,
         "policy": policy,
         "rm": rm,

@@ -14,15 +14,11 @@ to the advantages is TRL's code. rlhfkit's side is
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import pytest
 import torch
 
 from rlhfkit.algorithms.grpo import group_advantages, rloo_advantages
 
-TRL_PYTHON = Path(__file__).resolve().parents[2] / "bench" / ".trl-venv" / "bin" / "python"
 TOL = 1e-5
 P, G = 3, 4  # prompts, samples per prompt
 
@@ -35,7 +31,7 @@ import torch, trl
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-model, data_path, out_path, work = sys.argv[1:5]
+data_path, out_path, model, work = sys.argv[1:5]
 data = torch.load(data_path)
 p, g = data["P"], data["G"]
 queue = []
@@ -93,18 +89,10 @@ CASES = _cases()
 
 
 @pytest.fixture(scope="module")
-def trl_advantages(tiny_llama, tmp_path_factory) -> dict[str, torch.Tensor]:
-    if not TRL_PYTHON.exists():
-        pytest.skip(f"no TRL venv at {TRL_PYTHON}: run `make bench-setup` for the TRL parity tests")
+def trl_advantages(trl_side, tiny_llama, tmp_path_factory) -> dict[str, torch.Tensor]:
     work = tmp_path_factory.mktemp("trl-advantage-parity")
-    torch.save({"P": P, "G": G, "cases": CASES}, work / "in.pt")
-    proc = subprocess.run(
-        [str(TRL_PYTHON), "-c", TRL_SIDE, str(tiny_llama), str(work / "in.pt"),
-         str(work / "out.pt"), str(work / "trl")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(work / "out.pt")
+    data = {"P": P, "G": G, "cases": CASES}
+    return trl_side(TRL_SIDE, data, work, str(tiny_llama), str(work / "trl"))
 
 
 def rlhfkit_advantages(case: dict) -> torch.Tensor:

@@ -19,9 +19,7 @@ rlhfkit's on purpose (see :func:`test_rloo_differs_from_trl_on_purpose`).
 from __future__ import annotations
 
 import math
-import subprocess
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +30,6 @@ from rlhfkit.config import GRPOConfig
 from rlhfkit.training.online import Experience
 from rlhfkit.training.stages.grpo import GRPORun
 
-TRL_PYTHON = Path(__file__).resolve().parents[2] / "bench" / ".trl-venv" / "bin" / "python"
 TOL = 1e-5
 B, T, V, G = 8, 7, 11, 4  # rows, response width (= max_new_tokens), vocab, group size
 
@@ -122,21 +119,11 @@ def _inputs() -> dict:
 
 
 @pytest.fixture(scope="module")
-def parity(tmp_path_factory) -> dict:
-    if not TRL_PYTHON.exists():
-        pytest.skip(f"no TRL venv at {TRL_PYTHON}: run `make bench-setup` for the TRL parity tests")
+def parity(trl_side, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("trl-grpo-parity")
     data = _inputs()
     exchange = {k: v for k, v in data.items() if k != "logits"}
-    torch.save({**exchange, "cases": CASES}, work / "in.pt")
-    proc = subprocess.run(
-        [str(TRL_PYTHON), "-c", TRL_SIDE, str(work / "in.pt"), str(work / "out.pt")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {**data, "trl": torch.load(work / "out.pt")}
+    return {**data, "trl": trl_side(TRL_SIDE, {**exchange, "cases": CASES}, work)}
 
 
 def rlhfkit_loss(data: dict, loss_type: str, beta: float, lo: float, hi: float, on: bool):
