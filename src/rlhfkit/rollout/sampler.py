@@ -22,7 +22,11 @@ keeps the same computation and drops the rest:
   distinct rows go through the prompt forward, and their cache and last logits are
   copied to every row that repeats them (a row's forward does not depend on the other
   rows; a matrix product over fewer rows may round differently in the last bits, which
-  the tests have not seen change a sampled token).
+  the tests have not seen change a sampled token);
+* for Llama and Qwen2, the one-token steps after the prompt run through
+  :class:`rlhfkit.rollout.decoding.LlamaStyleStep`: the model's own modules and weights
+  without its forward's per-call work, bitwise the same logits
+  (tests/unit/test_decoding.py); other models step through their forward.
 
 It stops when every row has produced EOS or after ``max_new_tokens``. Only architectures
 whose token-for-token parity with ``generate`` is tested run here
@@ -39,6 +43,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache, GenerationMixin
 from transformers.cache_utils import DynamicLayer
+
+from rlhfkit.rollout.decoding import LlamaStyleStep
 
 log = logging.getLogger("rlhfkit")
 
@@ -77,9 +83,15 @@ class BufferLayer(DynamicLayer):
         return self.length
 
     def expand(self, rows: torch.Tensor) -> None:
-        """Row ``i`` becomes a copy of row ``rows[i]`` (after a prefill of distinct rows)."""
-        self._k, self._v = self._k.index_select(0, rows), self._v.index_select(0, rows)
-        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+        """Row ``i`` becomes a copy of row ``rows[i]`` (after a prefill of distinct rows);
+        only the filled positions are copied."""
+        n = self.length
+        for name in ("_k", "_v"):
+            old = getattr(self, name)
+            new = old.new_empty((len(rows), *old.shape[1:]))
+            torch.index_select(old[:, :, :n], 0, rows, out=new[:, :, :n])
+            setattr(self, name, new)
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
 
 
 def distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,10 +142,14 @@ def _plain_config(cfg: Any) -> str | None:
 _warned: set[str] = set()
 
 
+def _note(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.info("generation_backend fast: %s", message)
+
+
 def _fallback(reason: str) -> None:
-    if reason not in _warned:
-        _warned.add(reason)
-        log.info("generation_backend fast: using Hugging Face generate (%s)", reason)
+    _note(f"using Hugging Face generate ({reason})")
 
 
 def fast_generate(
@@ -197,28 +213,38 @@ def _sample(
         return None
     cache.layers = [BufferLayer(capacity) for _ in cache.layers]
     keep = {"logits_to_keep": 1} if model._supports_logits_to_keep() else {}
+    stepper, why = LlamaStyleStep.build(model)
+    if stepper is None:
+        _note(f"decoding steps through the model's forward ({why})")
+    step_mask = None if mask is None else mask.bool()[:, None, None]  # SDPA's (B, 1, 1, T)
     unfinished = torch.ones(batch, dtype=torch.long, device=device)
     first, copy_of = distinct_rows(input_ids, attention_mask)
     prefill = first if len(first) < batch else None  # repeated prompts: prefill each once
     step_ids, step_pos, length = input_ids, positions, prompt_len
     for _ in range(new_tokens):
-        call_ids, call_pos = step_ids, step_pos
-        call_mask = None if mask is None else mask[:, :length]
         rows = prefill if prefill is not None and length == prompt_len else None
-        if rows is not None:
-            call_ids, call_pos = call_ids[rows], call_pos[rows]
-            call_mask = None if call_mask is None else call_mask[rows]
-        out = model(
-            input_ids=call_ids,
-            attention_mask=call_mask,
-            position_ids=call_pos,
-            cache=cache,
-            use_cache=True,
-            return_dict=True,
-            **keep,
-        )
-        logits = out.logits[:, -1].to(copy=True, dtype=torch.float32, device=device)
-        del out
+        if stepper is not None and length > prompt_len:
+            logits = stepper.step(
+                step_ids, step_pos, None if step_mask is None else step_mask[..., :length], cache
+            )
+        else:
+            call_ids, call_pos = step_ids, step_pos
+            call_mask = None if mask is None else mask[:, :length]
+            if rows is not None:
+                call_ids, call_pos = call_ids[rows], call_pos[rows]
+                call_mask = None if call_mask is None else call_mask[rows]
+            out = model(
+                input_ids=call_ids,
+                attention_mask=call_mask,
+                position_ids=call_pos,
+                cache=cache,
+                use_cache=True,
+                return_dict=True,
+                **keep,
+            )
+            logits = out.logits[:, -1]
+            del out
+        logits = logits.to(copy=True, dtype=torch.float32, device=device)
         if rows is not None:
             for layer in cache.layers:
                 layer.expand(copy_of)
