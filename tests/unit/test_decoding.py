@@ -1,7 +1,7 @@
 """rlhfkit.rollout.decoding: the one-token decoding step gives bitwise the logits of the
 model's own forward (Llama with and without grouped-query attention and biases, Qwen2;
-left-padded and unpadded batches), writes the same cache, and refuses what it does not
-cover; the sampler uses it for Llama and Qwen2."""
+left-padded and unpadded batches; projections joined or separate), writes the same
+cache, and refuses what it does not cover; the sampler uses it for Llama and Qwen2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, Qwen2Config
 
-from rlhfkit.rollout import sampler
+from rlhfkit.rollout import decoding, sampler
 from rlhfkit.rollout.decoding import LlamaStyleStep
 
 SHAPE = {
@@ -40,12 +40,14 @@ def make(name: str, **kwargs) -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.mark.parametrize("join", [True, False], ids=["joined", "separate"])
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_step_equals_the_forward_bitwise(name, padded) -> None:
+def test_step_equals_the_forward_bitwise(name, padded, join) -> None:
     model = make(name)
-    step, why = LlamaStyleStep.build(model)
+    step, why = LlamaStyleStep.build(model, join=join)
     assert step is not None, why
+    assert (step.layers[0].qkv.weight is not None) is join
     g = torch.Generator().manual_seed(1)
     rows, prompt = 5, 7
     ids = torch.randint(1, 97, (rows, prompt), generator=g)
@@ -74,6 +76,16 @@ def test_step_equals_the_forward_bitwise(name, padded) -> None:
             assert torch.equal(got, want), (got - want).abs().max()
         for a, b in zip(caches[0].layers, caches[1].layers, strict=True):
             assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_joins_weights_only_while_the_copy_is_small(monkeypatch) -> None:
+    model = make("llama")
+    step, _ = LlamaStyleStep.build(model)
+    assert step is not None and step.layers[0].gate_up.weight is not None
+    monkeypatch.setattr(decoding, "JOIN_LIMIT_BYTES", 1 << 10)
+    step, _ = LlamaStyleStep.build(model)
+    assert step is not None and step.layers[0].gate_up.weight is None
+    assert step.layers[0].qkv.weight is None
 
 
 def test_refuses_what_it_does_not_cover(tiny_gpt2) -> None:

@@ -34,14 +34,28 @@ STEP_ARCHITECTURES = {
 }
 
 
-def _joined(parts: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The weights (and biases) of projections that read the same input, as one."""
-    weight = torch.cat([p.weight for p in parts])
-    if all(p.bias is None for p in parts):
-        return weight, None
-    if any(p.bias is None for p in parts):
-        raise ValueError("some projections have a bias and some do not")
-    return weight, torch.cat([p.bias for p in parts])
+# The joined weights are a copy: made only while they stay this small (for a small
+# model the products' per-call cost is what joining saves; a large one is bound by the
+# products themselves, and the copy would cost memory).
+JOIN_LIMIT_BYTES = 64 << 20
+
+
+class _Group:
+    """Projections that read the same input, as one callable returning their outputs
+    concatenated on the last dimension: one product over their joined weights, or
+    (``join=False``) one per projection."""
+
+    def __init__(self, parts: list[torch.nn.Linear], join: bool) -> None:
+        self.parts, self.weight, self.bias = parts, None, None
+        if join:
+            self.weight = torch.cat([p.weight for p in parts])
+            if parts[0].bias is not None:
+                self.bias = torch.cat([p.bias for p in parts])
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            return torch.cat([p(h) for p in self.parts], dim=-1)
+        return torch.nn.functional.linear(h, self.weight, self.bias)
 
 
 @dataclass
@@ -50,9 +64,9 @@ class _Layer:
     norm2: Any
     attn: Any
     act: Any
-    qkv: tuple[torch.Tensor, torch.Tensor | None]  # q, k, v projections joined
+    qkv: _Group
     o: torch.nn.Linear
-    gate_up: tuple[torch.Tensor, torch.Tensor | None]
+    gate_up: _Group
     down: torch.nn.Linear
     heads: int  # query heads
     kv_heads: int
@@ -62,9 +76,10 @@ class LlamaStyleStep:
     """``step(tokens, positions, mask, cache)``: the last logits ``(B, V)`` of one new
     token per row, its keys and values written to ``cache`` (a ``DynamicCache``).
 
-    Built per generation (:meth:`build` joins the q / k / v and gate / up weights of
-    the model as it is then); the joined products compute every output column as the
-    separate ones do."""
+    Built per generation: :meth:`build` joins the q / k / v and gate / up weights of
+    the model as it is then, when the copies take at most :data:`JOIN_LIMIT_BYTES`
+    (``join=None``; True / False force it). Joined or not, every output column is
+    computed as the separate products compute it."""
 
     def __init__(self, model: Any, layers: list[_Layer], rotate_half: Any, attention: Any) -> None:
         base = model.model
@@ -77,7 +92,9 @@ class LlamaStyleStep:
         self.layers, self.rotate_half, self.attention = layers, rotate_half, attention
 
     @classmethod
-    def build(cls, model: Any) -> tuple[LlamaStyleStep | None, str | None]:
+    def build(
+        cls, model: Any, join: bool | None = None
+    ) -> tuple[LlamaStyleStep | None, str | None]:
         """The step for ``model``, or (None, why not)."""
         config = getattr(model, "config", None)
         model_type = getattr(config, "model_type", None)
@@ -96,8 +113,9 @@ class LlamaStyleStep:
         impl = getattr(config, "_attn_implementation", None)
         if impl != "sdpa":
             return None, f"attention implementation {impl!r} (the step builds SDPA's mask)"
-        layers = []
-        for layer in base.layers[: config.num_hidden_layers]:
+        blocks = base.layers[: config.num_hidden_layers]
+        projections = []
+        for layer in blocks:
             a, f = layer.self_attn, layer.mlp
             names = (type(layer).__name__, type(a).__name__, type(f).__name__)
             if names != (layer_cls, attn_cls, mlp_cls):
@@ -105,18 +123,21 @@ class LlamaStyleStep:
             proj = [a.q_proj, a.k_proj, a.v_proj, a.o_proj, f.gate_proj, f.up_proj, f.down_proj]
             if any(type(p) is not torch.nn.Linear for p in proj):
                 return None, "projections are not plain Linear layers (adapters, quantization)"
-            try:
-                qkv, gate_up = _joined(proj[:3]), _joined(proj[4:6])
-            except ValueError as err:
-                return None, str(err)
-            heads = a.q_proj.out_features // a.head_dim
-            kv_heads = a.k_proj.out_features // a.head_dim
-            layers.append(
-                _Layer(
-                    layer.input_layernorm, layer.post_attention_layernorm, a, f.act_fn,
-                    qkv, a.o_proj, gate_up, f.down_proj, heads, kv_heads,
-                )
-            )  # fmt: skip
+            if len({p.bias is None for p in proj[:3]}) > 1:
+                return None, "some of q / k / v have a bias and some do not"
+            projections.append(proj)
+        if join is None:
+            copy = sum(p.weight.nbytes for proj in projections for p in proj[:3] + proj[4:6])
+            join = copy <= JOIN_LIMIT_BYTES
+        layers = [
+            _Layer(
+                layer.input_layernorm, layer.post_attention_layernorm, layer.self_attn,
+                layer.mlp.act_fn, _Group(proj[:3], join), proj[3], _Group(proj[4:6], join),
+                proj[6], proj[0].out_features // layer.self_attn.head_dim,
+                proj[1].out_features // layer.self_attn.head_dim,
+            )
+            for layer, proj in zip(blocks, projections, strict=True)
+        ]  # fmt: skip
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
         module = sys.modules[type(base).__module__]
@@ -132,7 +153,6 @@ class LlamaStyleStep:
         """Logits ``(B, V)`` for ``tokens`` ``(B, 1)`` at ``positions`` ``(B, 1)``;
         ``mask`` the boolean ``(B, 1, 1, T)`` over the cache plus this token (None
         when nothing is padded), as ``create_causal_mask`` gives for one query."""
-        linear = torch.nn.functional.linear
         x = self.embed(tokens)
         cos, sin = self.rotary(x, position_ids=positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # apply_rotary_pos_emb's unsqueeze_dim 1
@@ -140,13 +160,13 @@ class LlamaStyleStep:
         for i, layer in enumerate(self.layers):
             a, hq, hkv = layer.attn, layer.heads, layer.kv_heads
             h = layer.norm1(x)
-            qkv = linear(h, *layer.qkv).view(rows, 1, -1, a.head_dim).transpose(1, 2)
+            qkv = layer.qkv(h).view(rows, 1, -1, a.head_dim).transpose(1, 2)
             # apply_rotary_pos_emb on the query and key heads at once (elementwise)
             qk = qkv[:, : hq + hkv]
             qk = (qk * cos) + (self.rotate_half(qk) * sin)
             k, v = cache.layers[i].update(qk[:, hq:], qkv[:, hq + hkv :])
             out, _ = self.attention(a, qk[:, :hq], k, v, mask, dropout=0.0, scaling=a.scaling)
             x = x + layer.o(out.reshape(rows, 1, -1).contiguous())
-            gate, up = linear(layer.norm2(x), *layer.gate_up).chunk(2, dim=-1)
+            gate, up = layer.gate_up(layer.norm2(x)).chunk(2, dim=-1)
             x = x + layer.down(layer.act(gate) * up)
         return self.head(self.norm(x))[:, -1]
