@@ -165,7 +165,8 @@ class LlamaStyleStep:
             qk = qkv[:, : hq + hkv]
             qk = (qk * cos) + (self.rotate_half(qk) * sin)
             k, v = cache.layers[i].update(qk[:, hq:], qkv[:, hq + hkv :])
-            out, _ = self.attention(a, qk[:, :hq], k, v, mask, dropout=0.0, scaling=a.scaling)
+            dropout = a.attention_dropout if a.training else 0.0  # as the attention module does
+            out, _ = self.attention(a, qk[:, :hq], k, v, mask, dropout=dropout, scaling=a.scaling)
             x = x + layer.o(out.reshape(rows, 1, -1).contiguous())
             gate, up = layer.gate_up(layer.norm2(x)).chunk(2, dim=-1)
             x = x + layer.down(layer.act(gate) * up)
