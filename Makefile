@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dpo.py
 	$(BIN)/python bench/ppo.py
 	$(BIN)/python bench/grpo.py
+	$(BIN)/python bench/decoding.py
 
 # TRL in its own venv (never a dependency of rlhfkit): the same torch build, and
 # the transformers / accelerate versions of .venv, so both sides run the same code.
