@@ -135,9 +135,7 @@ def main() -> None:
             }
             for name in VARIANTS
         },
-        "load_avg_1m": round(harness.load_avg_1m(), 2),
-        "versions": harness.versions(),
-        "machine": harness.machine(),
+        **harness.environment(),
     }
     print(json.dumps(result, indent=2))
 

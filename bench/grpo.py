@@ -93,9 +93,7 @@ def main() -> None:
         "peak_rss_mb": round(harness.peak_rss_mb(), 1),
         "import_seconds": round(import_s, 3),
         "setup_seconds": round(total_s - in_steps, 3),
-        "load_avg_1m": round(harness.load_avg_1m(), 2),
-        "versions": harness.versions(),
-        "machine": harness.machine(),
+        **harness.environment(),
     }
     print(json.dumps(out, indent=2))
 

@@ -82,6 +82,12 @@ def machine() -> dict:
     return {"arch": platform.machine(), "cpu_count": os.cpu_count()}
 
 
+def environment() -> dict:
+    """The trailer of a single-process benchmark's JSON: the load now, library versions,
+    the machine."""
+    return {"load_avg_1m": round(load_avg_1m(), 2), "versions": versions(), "machine": machine()}
+
+
 def stage_config(cls, spec: dict, keys: tuple[str, ...]):
     """A stage config from a child spec: model, data, out, ``max_steps`` from ``steps``,
     and ``keys`` copied as they are; validated."""

@@ -216,7 +216,8 @@ def _sample(
     stepper, why = LlamaStyleStep.build(model)
     if stepper is None:
         _note(f"decoding steps through the model's forward ({why})")
-    step_mask = None if mask is None else mask.bool()[:, None, None]  # SDPA's (B, 1, 1, T)
+    # the step's mask: SDPA's (B, 1, 1, T) booleans, sliced per token
+    step_mask = None if mask is None or stepper is None else mask.bool()[:, None, None]
     unfinished = torch.ones(batch, dtype=torch.long, device=device)
     first, copy_of = distinct_rows(input_ids, attention_mask)
     prefill = first if len(first) < batch else None  # repeated prompts: prefill each once
