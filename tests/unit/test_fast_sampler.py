@@ -94,6 +94,29 @@ def test_same_tokens_without_padding(model_and_tok) -> None:
     assert fast.tolist() == hf.tolist()
 
 
+def test_sampled_tokens_are_drawn_by_sample_one(model_and_tok, monkeypatch) -> None:
+    """Every sampled step goes through rollout.multinomial.sample_one (not
+    torch.multinomial), and the tokens are still generate's."""
+    from rlhfkit.rollout.multinomial import reproduces_multinomial, sample_one
+
+    assert reproduces_multinomial()  # checked (and cached) before multinomial is removed
+    model, tok = model_and_tok
+    ids, mask = batch(tok)
+    calls = []
+    monkeypatch.setattr(sampler, "sample_one", lambda p: calls.append(p.shape) or sample_one(p))
+    monkeypatch.setattr(torch, "multinomial", None)  # the loop must not call it
+    special = {"pad_token_id": tok.pad_token_id, "eos_token_id": None}
+    torch.manual_seed(4)
+    fast = fast_generate(model, ids, mask, max_new_tokens=8, **special, **SAMPLING["top_k"])
+    monkeypatch.undo()
+    torch.manual_seed(4)
+    hf = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=8, **special, **SAMPLING["top_k"]
+    )
+    assert len(calls) == 8 and calls[0] == (len(ids), model.config.vocab_size)
+    assert fast.tolist() == hf.tolist()
+
+
 @pytest.mark.parametrize("mode", ["sampled", "all_three"])
 def test_repeated_prompts_prefilled_once_give_generates_tokens(model_and_tok, mode, monkeypatch):
     """GRPO's layout (each prompt G times, prompts of different lengths): the loop runs

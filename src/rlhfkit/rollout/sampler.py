@@ -12,9 +12,10 @@ keeps the same computation and drops the rest:
 * the same logits processors, built by the model's own ``_get_logits_processor`` from
   the same generation config (temperature, top-k, top-p and anything the model's
   ``generation_config`` adds), applied to the float32 copy of the last logits;
-* the same token choice: ``softmax`` then ``torch.multinomial`` (or ``argmax``), finished
-  rows overwritten with the pad token, every row still in the batch (the random stream
-  is consumed as generate consumes it);
+* the same token choice: ``softmax`` then ``torch.multinomial``'s draw (on the CPU
+  through :func:`rlhfkit.rollout.multinomial.sample_one`, the same random stream in
+  half the operations) or ``argmax``, finished rows overwritten with the pad token, every
+  row still in the batch (the random stream is consumed as generate consumes it);
 * the KV cache in buffers allocated once for the prompt plus ``max_new_tokens``: each
   step writes its keys / values in place and the attention reads the filled prefix (the
   same values and shapes as the concatenated cache; no copy of the cache per token);
@@ -45,6 +46,7 @@ from transformers import DynamicCache, GenerationMixin
 from transformers.cache_utils import DynamicLayer
 
 from rlhfkit.rollout.decoding import LlamaStyleStep
+from rlhfkit.rollout.multinomial import sample_one
 
 log = logging.getLogger("rlhfkit")
 
@@ -253,7 +255,7 @@ def _sample(
         scores = processors(seqs[:, :length], logits)
         if cfg.do_sample:
             probs = torch.nn.functional.softmax(scores, dim=-1)
-            tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+            tokens = sample_one(probs)
         else:
             tokens = torch.argmax(scores, dim=-1)
         if eos is not None:
