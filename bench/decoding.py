@@ -19,6 +19,11 @@ The variants alternate call by call (the order reversed every other round), each
 call from the same seed; every call's tokens must be equal across the three (the
 step gives bitwise the model's logits), else the script fails. Reported per variant:
 the median and range of seconds per call, and generated tokens per second.
+
+``draw``: the token draw alone, ``torch.multinomial(probs, 1)`` against
+``rlhfkit.rollout.multinomial.sample_one`` on softmaxed random logits of the rollout's
+shape (rows x vocabulary), alternating, each pair from the same seed (the tokens must
+be equal): median milliseconds per draw of each.
 """
 
 from __future__ import annotations
@@ -56,6 +61,28 @@ def variant(name: str) -> Iterator[None]:
         yield
     finally:
         sampler.LlamaStyleStep.build = real  # type: ignore[method-assign]
+
+
+def draw_timing(rows: int, vocab: int, calls: int = 200) -> dict[str, float]:
+    """Median ms per draw of ``torch.multinomial`` and ``sample_one`` (module doc)."""
+    import torch
+
+    from rlhfkit.rollout.multinomial import sample_one
+
+    probs = torch.softmax(torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)), -1)
+    draws = {"multinomial": lambda p: torch.multinomial(p, 1)[:, 0], "sample_one": sample_one}
+    times: dict[str, list[float]] = {name: [] for name in draws}
+    for call in range(calls + 5):  # the first 5 warm up
+        tokens = []
+        for name, draw in draws.items():
+            torch.manual_seed(call)
+            start = time.perf_counter()
+            tokens.append(draw(probs))
+            if call >= 5:
+                times[name].append(time.perf_counter() - start)
+        if not torch.equal(tokens[0], tokens[1]):
+            raise SystemExit(f"draw {call}: sample_one and multinomial differ")
+    return {f"{name}_ms": round(1000 * statistics.median(t), 3) for name, t in times.items()}
 
 
 def main() -> None:
@@ -127,6 +154,7 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
         },
         "same_tokens": True,
+        "draw": draw_timing(ids.shape[0], model.config.vocab_size),
         "variants": {
             name: {
                 "seconds_per_call": round(statistics.median(seconds[name]), 4),
