@@ -93,6 +93,14 @@ def test_other_dtypes_and_shapes_call_multinomial(shape_dtype) -> None:
     assert got.shape == shape[:-1]
 
 
+def test_transposed_probabilities_as_multinomial() -> None:
+    """A non-contiguous view: multinomial fills its buffer in that view's memory order."""
+    probs = _probs(2, 40, 16, 1.0).t().contiguous().t()  # (40, 16), column-major
+    assert not probs.is_contiguous()
+    got, expected, same_state = _both(probs, 11)
+    assert torch.equal(got, expected) and same_state
+
+
 def test_a_build_that_differs_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """If the vectorised draw stops matching (another torch), multinomial is used."""
     monkeypatch.setattr(multinomial, "_draw", lambda probs, generator=None: probs.argmax(-1))

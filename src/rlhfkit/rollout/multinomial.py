@@ -58,9 +58,15 @@ def reproduces_multinomial() -> bool:
 def sample_one(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """``torch.multinomial(probs, 1, generator=generator)[..., 0]``: one token per row,
     from the same random stream (module docstring); the same error for a row that is not
-    a distribution. 2-D float32 probabilities on the CPU take the fast path, anything
-    else calls ``torch.multinomial``."""
-    fast = probs.device.type == "cpu" and probs.dtype == torch.float32 and probs.dim() == 2
+    a distribution. Contiguous 2-D float32 probabilities on the CPU take the fast path
+    (the random numbers fill them in memory order, as ``multinomial``'s buffer shaped
+    like ``probs``), anything else calls ``torch.multinomial``."""
+    fast = (
+        probs.device.type == "cpu"
+        and probs.dtype == torch.float32
+        and probs.dim() == 2
+        and probs.is_contiguous()
+    )
     if not (fast and reproduces_multinomial()):
         return torch.multinomial(probs, 1, generator=generator)[..., 0]
     low, high = torch.aminmax(probs)
