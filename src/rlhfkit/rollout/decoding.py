@@ -9,9 +9,10 @@ layer and dispatches every submodule through ``nn.Module.__call__``. On the tiny
 
 :class:`LlamaStyleStep` runs the same computation from the model's own parts: its
 embedding, rotary embedding, RMSNorm and MLP modules, its projections' weights, the
-architecture's ``apply_rotary_pos_emb`` and transformers' SDPA attention function with
-the mask ``create_causal_mask`` would build for one
-query token (the 2-D mask as ``(B, 1, 1, T)`` booleans; none when nothing is padded).
+architecture's ``rotate_half`` (``apply_rotary_pos_emb``'s formula, applied to the query
+and key heads in one pass) and transformers' SDPA attention function with the mask
+``create_causal_mask`` would build for one query token (the 2-D mask as
+``(B, 1, 1, T)`` booleans; none when nothing is padded).
 The logits are bitwise those of the model's forward (tests/unit/test_decoding.py, Llama
 and Qwen2, padded and unpadded batches, grouped-query attention). Anything else (another
 architecture or layer class, a PEFT wrapper or quantized projections, sliding-window

@@ -22,7 +22,8 @@ with ``torch.multinomial`` over 10^7 draws.
 
 :func:`sample_one` checks once per process that it reproduces ``torch.multinomial``
 (token and generator state, on a private generator) and otherwise, or for another
-device or dtype, calls ``torch.multinomial``.
+device, dtype or layout (anything but contiguous 2-D float32), calls
+``torch.multinomial``.
 """
 
 from __future__ import annotations
