@@ -34,6 +34,15 @@ GREEDY = SamplingParams(max_new_tokens=8)
 # ---------------------------------------------------------------- left_pad
 
 
+def test_sampled_params_take_the_stage_config_settings() -> None:
+    from rlhfkit.config import GRPOConfig
+
+    cfg = GRPOConfig(max_new_tokens=17, temperature=0.7, top_p=0.9, top_k=5)
+    assert SamplingParams.sampled(cfg) == SamplingParams(
+        max_new_tokens=17, do_sample=True, temperature=0.7, top_p=0.9, top_k=5
+    )
+
+
 def test_left_pad_shapes_and_mask() -> None:
     ids, mask = left_pad([[5, 6, 7], [8], [9, 10]], pad_id=0)
     assert ids.shape == mask.shape == (3, 3)

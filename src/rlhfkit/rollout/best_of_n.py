@@ -66,13 +66,7 @@ def run_best_of_n(cfg: BestOfNConfig) -> BestOfNSummary:
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_causal_lm(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     reward = reward_from_config(cfg, device)
-    params = SamplingParams(
-        max_new_tokens=cfg.max_new_tokens,
-        do_sample=True,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
-    )
+    params = SamplingParams.sampled(cfg)
     generator = Generator(
         tokenizer, resolve_template(tokenizer, cfg.template), params, cfg.max_prompt_length
     )

@@ -319,13 +319,7 @@ class OnlineRun(TrainingRun):
         self.generator = Generator(
             tokenizer,
             template,
-            SamplingParams(
-                max_new_tokens=cfg.max_new_tokens,
-                do_sample=True,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                top_k=cfg.top_k,
-            ),
+            SamplingParams.sampled(cfg),
             cfg.max_prompt_length,
             backend=cfg.generation_backend,
         )

@@ -98,13 +98,7 @@ class SelfTrainRun:
         model = load_causal_lm(
             self.policy, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
         ).to(self.device)
-        params = SamplingParams(
-            max_new_tokens=cfg.max_new_tokens,
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k,
-        )
+        params = SamplingParams.sampled(cfg)
         generator = Generator(self.tokenizer, self.template, params, cfg.max_prompt_length)
         torch.manual_seed(cfg.seed * 1_000 + round_index)
         t = time.perf_counter()
