@@ -65,8 +65,10 @@ in odd ones), ``--repeats`` times per workload. In each child:
 
 ``ratio`` is rlhfkit / TRL for every number (below 1 is better for time and
 memory); ``throughput_x`` is TRL's seconds per step over rlhfkit's (above 1: rlhfkit
-is faster). ``load_avg_1m`` is sampled before every run: on a shared machine,
-other work skews the timings, so look at it first.
+is faster); ``pair_throughput_x`` the same ratio per pair of runs (run i of each
+side, one right after the other), its median and range. ``load_avg_1m`` is sampled
+before every run: on a shared machine, other work skews the timings, so look at it
+first.
 
 rlhfkit's stages tune glibc's allocator in their own process (``tune_malloc``: freed
 activations' pages are kept for the next step instead of faulted in again); TRL runs
@@ -537,6 +539,20 @@ def side_versions(python: str) -> dict:
     return json.loads(out.stdout)
 
 
+def pair_throughput(side_runs: dict[str, list[dict]]) -> dict:
+    """TRL's median step time over rlhfkit's, per pair of runs (run i of each side, run
+    one after the other): the median and range over pairs. A pair shares the machine's
+    state of those minutes, so the spread shows how far noise moves one comparison."""
+    pairs = [
+        harness.median(t["step_seconds"]) / harness.median(r["step_seconds"])
+        for r, t in zip(side_runs["rlhfkit"], side_runs["trl"], strict=True)
+    ]
+    return {
+        "median": round(harness.median(pairs), 3),
+        "range": [round(min(pairs), 3), round(max(pairs), 3)],
+    }
+
+
 def compare(side_runs: dict[str, list[dict]], online: bool = False) -> dict:
     """Both sides' summaries, the rlhfkit / TRL ratios and the loss-curve agreement.
 
@@ -570,6 +586,7 @@ def compare(side_runs: dict[str, list[dict]], online: bool = False) -> dict:
         "trl": theirs,
         "ratio": {k: round(v, 3) for k, v in ratio.items()},
         "throughput_x": round(1.0 / ratio["seconds_per_step"], 3),
+        "pair_throughput_x": pair_throughput(side_runs),
         "loss_curve_max_abs_diff": diff,
     }
 
