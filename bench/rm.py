@@ -9,7 +9,8 @@ The fixed config: a tiny llama built with ``build_tiny`` from the task corpus
 base (no SFT: this measures throughput, not quality); 2000 synthetic
 helpfulness records of the built-in task (``synthetic_preferences(task,
 "train", n=2000, seed=0, k=K)``: preference pairs for K = 2, rankings of K
-responses for K > 2); batch 32 groups, max_length 64, 100 steps, lr 1e-4, seed
+responses of distinct quality for K = 3-4, of K candidates of any quality, as
+InstructGPT's rankings of 4-9, for K = 5-9: ``distinct=False``); batch 32 groups, max_length 64, 100 steps, lr 1e-4, seed
 0, log_every 10, eval_fraction 0.1 (200 held-out groups, evaluated once at the
 end). Everything lives under ``--out`` (default: a temp folder, removed after).
 
@@ -81,29 +82,19 @@ def start_child(spec: dict):
     return cfg, lambda: run_rm(cfg, overwrite=True)
 
 
-def max_levels(task, dimension: str) -> int:
-    """The most distinct gold scores one training prompt's candidates reach: the
-    largest K that ``synthetic_preferences`` can draw (it loops forever above)."""
-    return max(
-        len({float(getattr(task.gold(p, c), dimension)) for c in task.candidates(p)})
-        for p in task.prompts("train")
-    )
-
-
 def prepare_inputs(work: Path, conf: dict) -> dict:
     """Build the tiny model (unless already there) and write the preference records."""
     from rlhfkit.data.jsonl import write_jsonl
-    from rlhfkit.demo.preferences import synthetic_preferences
+    from rlhfkit.demo.preferences import quality_levels, synthetic_preferences
     from rlhfkit.demo.task import Task
 
     task = Task()
-    top = max_levels(task, conf["dimension"])
-    if conf["k"] > top:
-        raise RuntimeError(f"--k {conf['k']}: the task's prompts have at most {top} levels")
+    distinct = conf["k"] <= quality_levels(task, conf["dimension"], task.prompts("train"))
     model_dir = harness.tiny_model(work, conf, H.say)
     records = synthetic_preferences(
-        task, "train", n=conf["records"], dimensions=(conf["dimension"],), k=conf["k"], seed=0
-    )
+        task, "train", n=conf["records"], dimensions=(conf["dimension"],), k=conf["k"],
+        distinct=distinct, seed=0,
+    )  # fmt: skip
     data = write_jsonl(work / "data" / f"rm-k{conf['k']}.jsonl", [r.to_dict() for r in records])
     return {**conf, "model": str(model_dir), "data": str(data)}
 

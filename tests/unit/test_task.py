@@ -309,3 +309,41 @@ def test_labeler_validation(task: Task) -> None:
         SimulatedLabeler(task, dimension="honesty")
     with pytest.raises(ValueError):
         SimulatedLabeler(task, noise=1.5)
+
+
+def test_synthetic_rankings_of_candidates_of_any_quality(task: Task) -> None:
+    from rlhfkit.demo.preferences import synthetic_preferences
+
+    recs = synthetic_preferences(task, "train", n=60, k=9, distinct=False, seed=1)
+    assert len(recs) == 60 and all(isinstance(r, RankingRecord) for r in recs)
+    for r in recs:
+        p = task.lookup(r.prompt[0].content)
+        candidates = task.candidates(p)
+        assert len(r.responses) == min(9, len(candidates))  # all of a harmful prompt's 4
+        assert len(set(r.responses)) == len(r.responses) and set(r.responses) <= set(candidates)
+        assert sorted(r.rank) == list(range(1, len(r.responses) + 1))  # distinct texts, no ties
+    # an arithmetic ranking holds equal-quality candidates (11 on 4 levels), ranked anyway
+    arith = [r for r in recs if task.lookup(r.prompt[0].content).kind == "arithmetic"]
+    gold = [[task.gold(r.prompt[0].content, x).helpfulness for x in r.responses] for r in arith]
+    assert arith and all(len(set(g)) < len(g) for g in gold)
+    # the labeler (temperature 0.1) mostly ranks the exact answer first when it is drawn
+    firsts = [r.rank[g.index(1.0)] == 1 for r, g in zip(arith, gold, strict=True) if 1.0 in g]
+    assert sum(firsts) / len(firsts) > 0.8
+    again = synthetic_preferences(task, "train", n=60, k=9, distinct=False, seed=1)
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in recs]
+
+
+def test_synthetic_rankings_need_enough_quality_levels(task: Task) -> None:
+    from rlhfkit.demo.preferences import quality_levels, synthetic_preferences
+
+    # exact 1.0, verbose 0.7, off by 1-2 0.2, far / refusal 0.0; harmful: 0.2 / 0.6
+    assert quality_levels(task, "helpfulness", task.prompts("train")) == 4
+    assert quality_levels(task, "helpfulness", task.prompts("train", "harmful")) == 2
+    with pytest.raises(ValueError, match="distinct=False"):  # arithmetic has 4 levels
+        synthetic_preferences(task, "train", n=5, k=5)
+    with pytest.raises(ValueError, match="needs distinct=True"):
+        synthetic_preferences(task, "train", n=5, k=4, balanced=True, distinct=False)
+    with pytest.raises(ValueError, match="at least 2"):
+        synthetic_preferences(task, "train", n=5, k=1)
+    four = synthetic_preferences(task, "train", n=5, k=4, kind="arithmetic")
+    assert all(len(r.responses) == 4 for r in four)  # 4 distinct levels: still allowed
