@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench bench-setup bench-compare clean
+.PHONY: setup demo test test-long lint format bench bench-setup bench-compare clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q tests
+
+# Tests too long for the suite's 15 minutes (pytest marker `long`): ~4 minutes.
+test-long: $(STAMP)
+	RLHFKIT_LONG_TESTS=1 $(BIN)/python -m pytest -q -m long tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/sft.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -76,19 +77,15 @@ def test_rm_learns_heldout_preferences(two_rms):
 
     Measured: helpfulness 0.785 (0.82 with another order of the same records;
     the labeler itself agrees with gold on 0.93 of these pairs), safety 0.995.
-    The issue's 0.85 is not reached: 96% of the held-out prompts are arithmetic
-    and a 1M-parameter RM does not learn to check a bare number against the sum
-    at the EOS it is read from (exact > off1 0.52, even on training prompts), so
-    it ranks every verbose answer above the exact one (exact > verbose 0.08);
-    refusals, compliance, wordiness and far-off answers are learned. More data
-    and epochs, rankings of K = 4, balanced contrasts, other learning rates,
-    LoRA, a next-token auxiliary loss and a longer-trained SFT backbone all stay
-    at 0.71-0.835; 2,000 rankings of K = 9 (4.5x this test's RM time) reach
-    0.8475-0.86 over three draws of the records, other backbones (GPT-2, Qwen2,
-    hidden 256, SFT on 20,000 demonstrations) 0.78-0.85, the 0.85 only with
-    Qwen2 at 6 epochs: no recipe clears it with a margin over seeds. Past 0.875 the RM must be sure a bare number is right,
-    and the backbones' own log-probabilities are not (exact above sum + 1 on
-    0.78-0.84 of held-out prompts): see docs/reward.md and bench/rm_accuracy.py.
+    The suite's quick recipe (3,000 pairs; both RMs ~23 s); the issue's 0.85 is checked by
+    test_rm_on_rankings_reaches_085_heldout (`make test-long`: rankings of 9, ~3
+    minutes). 96% of the held-out prompts are arithmetic, and what keeps this RM
+    lower is checking a bare number against the sum at the EOS the reward is read
+    from (exact > off1 0.3-0.52, even on training prompts); refusals, compliance,
+    wordiness and far-off answers are learned. No RM here ranks the bare exact
+    number above a verbose correct answer (exact > verbose 0.08): a verbose answer
+    is right in every comparison it appears in, a bare number only as far as the
+    RM can check it. See docs/reward.md and bench/rm_accuracy.py.
     """
     accuracy = {
         dim: json.loads((two_rms[dim].final_dir.parent / "eval.json").read_text())["accuracy"]
@@ -96,6 +93,44 @@ def test_rm_learns_heldout_preferences(two_rms):
     }
     assert accuracy["helpfulness"] >= 0.75, accuracy
     assert accuracy["safety"] >= 0.9, accuracy
+
+
+LONG_TESTS = os.environ.get("RLHFKIT_LONG_TESTS") == "1"
+
+
+@pytest.mark.long
+@pytest.mark.skipif(
+    not LONG_TESTS, reason="a ~3-minute RM run; `make test-long` (RLHFKIT_LONG_TESTS=1) runs it"
+)
+def test_rm_on_rankings_reaches_085_heldout(sft_policy, task, tmp_path):
+    """The issue's bar, with InstructGPT's data: rankings of 9 sampled candidates per
+    prompt (36 pairs in one batch element), 2,000 of them, 4 epochs from the same SFT
+    backbone. Held out: 1,000 simulated comparisons (the test above uses the first 400
+    of them), the best evaluated checkpoint kept; then that checkpoint on 1,000 other
+    held-out comparisons it was not selected on.
+
+    Measured (docs/reward.md): 0.865 on the 1,000 selection pairs and 0.873 on the
+    other 1,000; 0.855-0.881 on five more 800-pair draws, and the same within a
+    point over three draws of the training rankings. The 3,000 pairs of the test
+    above give 0.79-0.81 on the same sets. What is left is "exact > verbose" (every
+    RM here ranks verbose answers above the bare exact number: a ceiling of
+    0.89-0.92 on these sets)."""
+    train = synthetic_preferences(task, "train", n=2000, k=9, distinct=False, seed=3)
+    data = dump(tmp_path / "rankings.jsonl", train)
+    held = dump(tmp_path / "heldout.jsonl", synthetic_preferences(task, "heldout", 1000, seed=30))
+    cfg = rm_config(sft_policy.final_dir, data, tmp_path / "rm", eval_data=str(held),
+                    epochs=4.0, eval_every=50)  # fmt: skip
+    result = run_rm(cfg)
+    summary = json.loads((tmp_path / "rm" / "eval.json").read_text())
+    assert summary["n_pairs"] == 1000 and summary["accuracy"] >= 0.85, summary
+
+    other = synthetic_preferences(task, "heldout", n=1000, seed=31)
+    rm = RewardModel.from_pretrained(result.final_dir, max_length=64)
+    prompts = [r.prompt for r in other]
+    chosen = rm.score(prompts, [r.chosen for r in other])
+    rejected = rm.score(prompts, [r.rejected for r in other])
+    fresh = float((chosen > rejected).float().mean())
+    assert fresh >= 0.85, fresh
 
 
 def test_rm_run_folder_and_eval_json(two_rms):
