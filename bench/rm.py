@@ -11,8 +11,8 @@ helpfulness records of the built-in task (``synthetic_preferences(task,
 "train", n=2000, seed=0, k=K)``: preference pairs for K = 2, rankings of K
 responses of distinct quality for K = 3-4, and for K = 5-9 of K candidates of any
 quality, ``distinct=False``, as InstructGPT's rankings of 4-9); batch 32 groups,
-max_length 64, 100 steps, lr 1e-4, seed 0, log_every 10, eval_fraction 0.1 (200 held-out groups, evaluated once at the
-end). Everything lives under ``--out`` (default: a temp folder, removed after).
+max_length 64, 100 steps, lr 1e-4, seed 0, log_every 10, eval_fraction 0.1 (200
+held-out groups, evaluated once at the end). Everything lives under ``--out`` (default: a temp folder, removed after).
 
 Method: as ``bench/sft.py`` (see ``bench/harness.py``): ``import_seconds``
 (``import rlhfkit.training.stages.reward`` in a fresh interpreter),
