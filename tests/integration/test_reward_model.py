@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from rlhfkit.cli import app
 from rlhfkit.config import RMConfig
 from rlhfkit.demo.preferences import synthetic_preferences
+from rlhfkit.evaluation.scoring import score_file
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.rollout.rewards import ModelReward, SafetyGated
 from rlhfkit.training.stages.reward import run_rm
@@ -124,13 +125,11 @@ def test_rm_on_rankings_reaches_085_heldout(sft_policy, task, tmp_path):
     summary = json.loads((tmp_path / "rm" / "eval.json").read_text())
     assert summary["n_pairs"] == 1000 and summary["accuracy"] >= 0.85, summary
 
-    other = synthetic_preferences(task, "heldout", n=1000, seed=31)
+    other = dump(tmp_path / "other.jsonl", synthetic_preferences(task, "heldout", 1000, seed=31))
     rm = RewardModel.from_pretrained(result.final_dir, max_length=64)
-    prompts = [r.prompt for r in other]
-    chosen = rm.score(prompts, [r.chosen for r in other])
-    rejected = rm.score(prompts, [r.rejected for r in other])
-    fresh = float((chosen > rejected).float().mean())
-    assert fresh >= 0.85, fresh
+    fresh = score_file(rm, str(other), tmp_path / "scores.jsonl", show_progress=False)
+    assert fresh.n_pairs == 1000 and fresh.accuracy is not None, fresh
+    assert fresh.accuracy >= 0.85, fresh
 
 
 def test_rm_run_folder_and_eval_json(two_rms):
