@@ -115,3 +115,30 @@ def test_forward_response_shares_only_where_it_can(model_and_tok, monkeypatch) -
         torch.testing.assert_close(
             forward_response(model, one)[0], forward_full(model, one)[0], rtol=1e-4, atol=1e-5
         )
+
+
+def test_batched_logps_are_ordinary_tensors(model_and_tok) -> None:
+    """``OnlineRun.token_logps`` runs its forwards in inference mode; what it returns
+    equals the no-grad forward's log-probs and is an ordinary tensor, which a loss may
+    save for its backward (an inference tensor would make that backward raise)."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from rlhfkit.algorithms.logprobs import token_logps
+    from rlhfkit.training.online import OnlineRun
+
+    model, tok = model_and_tok
+    model.eval()
+    exp = experience(tok, group=4)
+    run = SimpleNamespace(
+        cfg=SimpleNamespace(batch_size=5, temperature=0.7),  # micro-batches cut groups
+        accelerator=SimpleNamespace(autocast=nullcontext),
+    )
+    logps, values = OnlineRun.token_logps(run, model, exp)
+    assert values is None and not logps.is_inference()
+    with torch.no_grad():
+        expected = token_logps(forward_full(model, exp)[0] / 0.7, exp.response_ids) * exp.mask
+    torch.testing.assert_close(logps, expected, rtol=1e-4, atol=1e-5)
+    x = torch.zeros_like(logps, requires_grad=True)
+    (x * logps).sum().backward()  # mul saves logps for the backward
+    torch.testing.assert_close(x.grad, logps)

@@ -469,26 +469,30 @@ class OnlineRun(TrainingRun):
             return t
         return acc.gather(t.to(acc.device)).cpu()
 
-    @torch.no_grad()
     def token_logps(
         self, model: torch.nn.Module, exp: Experience
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probs of the sampled tokens (and values) in micro-batches, no grad."""
+        """Log-probs of the sampled tokens (and values) in micro-batches, no grad.
+
+        The forwards run in inference mode (no autograd graph and no version counters:
+        ~4% of a tiny model's forward); the results are put together outside it, so they
+        are ordinary tensors that the update's loss may save for its backward."""
         logps, values = [], []
         bs = self.cfg.batch_size
-        for s in range(0, exp.input_ids.shape[0], bs):
-            part = exp.select(torch.arange(s, min(s + bs, exp.input_ids.shape[0])))
-            width = part.response_ids.shape[1]
-            with self.accelerator.autocast():
-                if isinstance(model, ActorCritic):
-                    logits, v = model(part, self.cfg.temperature)
-                else:
-                    logits, v = forward_response(model, part)[0] / self.cfg.temperature, None
-            lp = token_logps(logits, part.response_ids)
-            full = exp.response_ids.shape[1]
-            logps.append(torch.nn.functional.pad(lp, (0, full - width)))
-            if v is not None:
-                values.append(torch.nn.functional.pad(v.float(), (0, full - width)))
+        full = exp.response_ids.shape[1]
+        with torch.inference_mode():
+            for s in range(0, exp.input_ids.shape[0], bs):
+                part = exp.select(torch.arange(s, min(s + bs, exp.input_ids.shape[0])))
+                width = part.response_ids.shape[1]
+                with self.accelerator.autocast():
+                    if isinstance(model, ActorCritic):
+                        logits, v = model(part, self.cfg.temperature)
+                    else:
+                        logits, v = forward_response(model, part)[0] / self.cfg.temperature, None
+                lp = token_logps(logits, part.response_ids)
+                logps.append(torch.nn.functional.pad(lp, (0, full - width)))
+                if v is not None:
+                    values.append(torch.nn.functional.pad(v.float(), (0, full - width)))
         return torch.cat(logps) * exp.mask, (torch.cat(values) * exp.mask if values else None)
 
     def experience_base(self, rollout: Rollout) -> Experience:
