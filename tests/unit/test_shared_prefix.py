@@ -117,10 +117,12 @@ def test_forward_response_shares_only_where_it_can(model_and_tok, monkeypatch) -
         )
 
 
-def test_batched_logps_are_ordinary_tensors(model_and_tok) -> None:
-    """``OnlineRun.token_logps`` runs its forwards in inference mode; what it returns
-    equals the no-grad forward's log-probs and is an ordinary tensor, which a loss may
-    save for its backward (an inference tensor would make that backward raise)."""
+@pytest.mark.parametrize("frozen", [True, False])
+def test_batched_logps_are_ordinary_tensors(model_and_tok, frozen) -> None:
+    """``OnlineRun.token_logps`` runs a frozen model's forwards in inference mode and a
+    trained one's in no_grad; either way it returns the no-grad forward's log-probs as
+    an ordinary tensor, which a loss may save for its backward (an inference tensor
+    would make that backward raise)."""
     from contextlib import nullcontext
     from types import SimpleNamespace
 
@@ -134,7 +136,7 @@ def test_batched_logps_are_ordinary_tensors(model_and_tok) -> None:
         cfg=SimpleNamespace(batch_size=5, temperature=0.7),  # micro-batches cut groups
         accelerator=SimpleNamespace(autocast=nullcontext),
     )
-    logps, values = OnlineRun.token_logps(run, model, exp)
+    logps, values = OnlineRun.token_logps(run, model, exp, frozen=frozen)
     assert values is None and not logps.is_inference()
     with torch.no_grad():
         expected = token_logps(forward_full(model, exp)[0] / 0.7, exp.response_ids) * exp.mask
