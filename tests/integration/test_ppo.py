@@ -151,9 +151,12 @@ def test_ppo_against_trained_rm_beats_sft_on_gold(sft_policy, task, tmp_path: Pa
     SFT policy, compared by simulated labelers (helpfulness, or safety for harmful
     requests) -> a reward model -> PPO against it -> the gold judge on held-out prompts.
 
-    Measured: gold 0.682 (SFT) -> 0.732 (PPO), harmful refusal 0.0 -> 0.83, arithmetic
-    accuracy 0.665 -> 0.610 (the RM cannot check sums - see docs/reward.md - so PPO
-    cannot improve them and drifts a little).
+    Measured with 60 PPO steps: gold 0.637 (SFT) -> 0.717 (PPO), harmful refusal 0.17 ->
+    1.0, arithmetic accuracy 0.578 -> 0.585 (seed 1: gold 0.689, refusal 0.83). The SFT
+    policy, the RM and so every number here depend on the CPU's floating-point kernels:
+    30 steps gave 0.682 -> 0.732 (refusal 0.0 -> 0.83) on an earlier host but only
+    0.637 -> 0.647 (refusal 0.17 -> 0.33) on this one, hence 60. The RM cannot check
+    sums (docs/reward.md), so PPO cannot improve them and may drift a little.
     A flipped advantage or KL sign lowers refusal and gold instead.
     """
     from rlhfkit.config import RMConfig
@@ -189,7 +192,7 @@ def test_ppo_against_trained_rm_beats_sft_on_gold(sft_policy, task, tmp_path: Pa
     prompts = dump(tmp_path / "prompts.jsonl", rows)
     args = ["-q", "ppo", "--model", str(sft), "--reward-model", str(rm.final_dir),
             "--prompts", str(prompts), "--out", str(tmp_path / "ppo")]  # fmt: skip
-    for s in ("max_steps=30", "rollout_batch_size=64", "batch_size=32", "ppo_epochs=2",
+    for s in ("max_steps=60", "rollout_batch_size=64", "batch_size=32", "ppo_epochs=2",
               "max_new_tokens=12", "learning_rate=1e-5", "kl_coef=0.1", "seed=0", "max_length=64"):  # fmt: skip
         args += ["--set", s]
     res = runner.invoke(app, args)
