@@ -31,7 +31,7 @@ format: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q tests
 
-# Tests too long for the suite's 15 minutes (pytest marker `long`): ~4 minutes.
+# Tests too long for the suite's 15 minutes (pytest marker `long`): ~2-3 minutes.
 test-long: $(STAMP)
 	RLHFKIT_LONG_TESTS=1 $(BIN)/python -m pytest -q -m long tests
 

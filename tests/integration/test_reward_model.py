@@ -111,7 +111,7 @@ def test_rm_on_rankings_reaches_085_heldout(sft_policy, task, tmp_path):
     held-out comparisons it was not selected on.
 
     Measured (docs/reward.md): 0.865 on the 1,000 selection pairs and 0.873 on the
-    other 1,000; 0.855-0.881 on five more 800-pair draws, and the same within a
+    other 1,000 (0.862 on the selection pairs on another host's float kernels); 0.855-0.881 on five more 800-pair draws, and the same within a
     point over three draws of the training rankings. The 3,000 pairs of the test
     above give 0.79-0.81 on the same sets. What is left is "exact > verbose" (every
     RM here ranks verbose answers above the bare exact number: a ceiling of
