@@ -82,3 +82,41 @@ def test_chunks_of_rows_equal_one_pass(monkeypatch, temperature: float) -> None:
     assert torch.equal(chunked, whole)
     torch.testing.assert_close(chunked, reference(logits, targets, temperature), atol=1e-5, rtol=0)
     assert token_logps(logits[:0], targets[:0]).shape == (0, 5)
+
+
+@pytest.mark.parametrize("rows_per_chunk", [None, 2])
+def test_logps_and_entropy_share_one_normaliser(monkeypatch, rows_per_chunk) -> None:
+    """Bitwise token_logps and entropy_from_logits (the same operations, the log-sum-exp
+    computed once), whole or in chunks of rows."""
+    from rlhfkit.algorithms import logprobs
+    from rlhfkit.algorithms.logprobs import token_logps_and_entropy
+    from rlhfkit.algorithms.ppo import entropy_from_logits
+
+    logits, targets = random_batch(5, b=7)
+    if rows_per_chunk:
+        monkeypatch.setattr(logprobs, "LOGSUMEXP_CHUNK", rows_per_chunk * 5 * 13)
+    logps, entropy = token_logps_and_entropy(logits, targets)
+    assert torch.equal(logps, token_logps(logits, targets))
+    assert torch.equal(entropy, entropy_from_logits(logits))
+    # hand value: p = [1/4, 3/4] -> H = 0.25 ln 4 + 0.75 ln(4/3) = 0.5623351
+    two = torch.tensor([[[0.0, math.log(3.0)]]])
+    lp, h = token_logps_and_entropy(two, torch.tensor([[1]]))
+    assert float(lp) == pytest.approx(-0.2876821, abs=1e-6)
+    assert float(h) == pytest.approx(0.5623351, abs=1e-6)
+
+
+def test_entropy_records_for_backward_only_when_asked() -> None:
+    from rlhfkit.algorithms.logprobs import token_logps_and_entropy
+    from rlhfkit.algorithms.ppo import entropy_from_logits
+
+    logits, targets = random_batch(6)
+    a = logits.clone().requires_grad_(True)
+    logps, entropy = token_logps_and_entropy(a, targets)
+    assert logps.requires_grad and not entropy.requires_grad  # a metric: no graph kept
+    logps, entropy = token_logps_and_entropy(a, targets, entropy_grad=True)
+    (logps.sum() + entropy.sum()).backward()
+    b = logits.clone().requires_grad_(True)
+    (token_logps(b, targets).sum() + entropy_from_logits(b).sum()).backward()
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=0)
+    empty = token_logps_and_entropy(torch.zeros(0, 4, 7), torch.zeros(0, 4, dtype=torch.long))
+    assert [t.shape for t in empty] == [(0, 4), (0, 4)]

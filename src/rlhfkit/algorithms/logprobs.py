@@ -33,3 +33,32 @@ def token_logps(
         picked = chunk.gather(-1, targets[start : start + rows].unsqueeze(-1)).squeeze(-1)
         parts.append(picked - torch.logsumexp(chunk, dim=-1))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def token_logps_and_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, entropy_grad: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_logps` (temperature 1) and the entropy ``-sum_v p_v log p_v`` per
+    position, both float32 ``(B, T)``, from one ``logsumexp``: the entropy is
+    ``lse - sum_v softmax_v * logit_v`` with the log-probs' own ``lse``, so it is
+    bitwise :func:`rlhfkit.algorithms.ppo.entropy_from_logits` without computing the
+    normaliser a second time. Chunked like :func:`token_logps`. The entropy is recorded
+    for backward only with ``entropy_grad`` (a loss term, as PPO's entropy bonus); as a
+    metric it keeps no ``(B, T, V)`` tensors alive."""
+    b, t, v = logits.shape
+    if b == 0 or t == 0:
+        empty = logits.new_zeros(targets.shape, dtype=torch.float32)
+        return empty, empty.clone()
+    rows = max(1, LOGSUMEXP_CHUNK // (t * v))
+    logps, entropy = [], []
+    for start in range(0, b, rows):
+        chunk = logits[start : start + rows].float()
+        lse = torch.logsumexp(chunk, dim=-1, keepdim=True)
+        picked = chunk.gather(-1, targets[start : start + rows].unsqueeze(-1))
+        logps.append((picked - lse).squeeze(-1))
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            probs = torch.exp(chunk - lse)
+            entropy.append(lse.squeeze(-1) - (probs * chunk).sum(dim=-1))
+    if len(logps) == 1:
+        return logps[0], entropy[0]
+    return torch.cat(logps), torch.cat(entropy)

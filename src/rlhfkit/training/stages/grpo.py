@@ -18,11 +18,10 @@ from rlhfkit.algorithms.grpo import (
     rloo_advantages,
     sequence_loss_sum,
 )
-from rlhfkit.algorithms.logprobs import token_logps
+from rlhfkit.algorithms.logprobs import token_logps_and_entropy
 from rlhfkit.algorithms.ppo import (
     approx_kl_old_new,
     clipped_surrogate,
-    entropy_from_logits,
     kl_estimate,
 )
 from rlhfkit.config import GRPOConfig
@@ -128,7 +127,7 @@ class GRPORun(OnlineRun):
     def loss(self, model: torch.nn.Module, mb: Experience) -> LossOutput:
         cfg = self.cfg
         logits, _ = model(mb, cfg.temperature)
-        logps = token_logps(logits, mb.response_ids)
+        logps, entropy = token_logps_and_entropy(logits, mb.response_ids)
         old = logps.detach() if self.on_policy else mb.old_logps
         per_token, clipped = clipped_surrogate(
             logps, old, mb.advantages, cfg.epsilon_low, cfg.epsilon_high
@@ -143,7 +142,7 @@ class GRPORun(OnlineRun):
         with torch.no_grad():
             metrics["clip_fraction"] = (clipped * mask).sum()
             metrics["approx_kl"] = (approx_kl_old_new(logps, old) * mask).sum()
-            metrics["entropy"] = (entropy_from_logits(logits) * mask).sum()
+            metrics["entropy"] = (entropy * mask).sum()
         return LossOutput(sequence_loss_sum(per_token, mask, cfg.loss_type), metrics)
 
 

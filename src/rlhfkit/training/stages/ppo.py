@@ -15,13 +15,12 @@ from typing import Any
 
 import torch
 
-from rlhfkit.algorithms.logprobs import token_logps
+from rlhfkit.algorithms.logprobs import token_logps_and_entropy
 from rlhfkit.algorithms.ppo import (
     AdaptiveKLController,
     FixedKLController,
     clipped_policy_loss,
     clipped_value_loss,
-    entropy_from_logits,
     explained_variance,
     gae,
     kl_estimate,
@@ -161,12 +160,14 @@ class PPORun(OnlineRun):
         cfg = self.cfg
         assert mb.values is not None and mb.returns is not None
         logits, values = model(mb, cfg.temperature)
-        logps = token_logps(logits, mb.response_ids)
+        logps, token_entropy = token_logps_and_entropy(
+            logits, mb.response_ids, entropy_grad=cfg.entropy_coef != 0
+        )
         pl = clipped_policy_loss(
             logps, mb.old_logps, mb.advantages, mb.mask, cfg.cliprange, cfg.cliprange_high
         )
         vl = clipped_value_loss(values, mb.values, mb.returns, mb.mask, cfg.cliprange_value)
-        entropy = masked_mean(entropy_from_logits(logits), mb.mask)
+        entropy = masked_mean(token_entropy, mb.mask)
         loss = pl.loss + cfg.vf_coef * vl.loss - cfg.entropy_coef * entropy
         n = mb.mask.sum()
         return LossOutput(
