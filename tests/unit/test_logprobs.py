@@ -89,8 +89,7 @@ def test_logps_and_entropy_share_one_normaliser(monkeypatch, rows_per_chunk) -> 
     """Bitwise token_logps and entropy_from_logits (the same operations, the log-sum-exp
     computed once), whole or in chunks of rows."""
     from rlhfkit.algorithms import logprobs
-    from rlhfkit.algorithms.logprobs import token_logps_and_entropy
-    from rlhfkit.algorithms.ppo import entropy_from_logits
+    from rlhfkit.algorithms.logprobs import entropy_from_logits, token_logps_and_entropy
 
     logits, targets = random_batch(5, b=7)
     if rows_per_chunk:
@@ -106,8 +105,7 @@ def test_logps_and_entropy_share_one_normaliser(monkeypatch, rows_per_chunk) -> 
 
 
 def test_entropy_records_for_backward_only_when_asked() -> None:
-    from rlhfkit.algorithms.logprobs import token_logps_and_entropy
-    from rlhfkit.algorithms.ppo import entropy_from_logits
+    from rlhfkit.algorithms.logprobs import entropy_from_logits, token_logps_and_entropy
 
     logits, targets = random_batch(6)
     a = logits.clone().requires_grad_(True)

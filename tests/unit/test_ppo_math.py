@@ -11,13 +11,13 @@ import math
 import pytest
 import torch
 
+from rlhfkit.algorithms.logprobs import entropy_from_logits
 from rlhfkit.algorithms.ppo import (
     AdaptiveKLController,
     FixedKLController,
     RunningMoments,
     clipped_policy_loss,
     clipped_value_loss,
-    entropy_from_logits,
     explained_variance,
     gae,
     kl_estimate,

@@ -199,14 +199,6 @@ def clipped_value_loss(
     return ValueLoss(loss, frac)
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy ``-sum_v p_v log p_v`` of the categorical over the last dim."""
-    logits = logits.float()
-    log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
-    probs = torch.exp(logits - log_z)
-    return log_z.squeeze(-1) - (probs * logits).sum(dim=-1)
-
-
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     """``1 - Var[R - V] / Var[R]`` over masked tokens (1 is perfect, <= 0 is useless)."""
     var_r = float(masked_var(returns, mask))
